@@ -1,0 +1,79 @@
+"""/v1/models: register a model (architecture + weights, or TorchScript) and list its layers."""
+from __future__ import annotations
+
+import time
+
+from celery.exceptions import TimeoutError as CeleryTimeout
+from flask import Blueprint, request
+
+from api import services
+from api.errors import ApiError
+from api.jobs import read_spec
+from api.openapi import doc
+from shared import storage as keys
+from shared.celery_app import INSPECT_MODEL
+from shared.schemas import ModelInfo, ModelList, ModelSpec
+
+bp = Blueprint("models", __name__, url_prefix="/v1/models")
+
+
+def weights_format(architecture: str, data: bytes) -> str:
+    if architecture == "torchscript":
+        return "torchscript"
+    if len(data) > 8 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") < len(data):
+        return "safetensors"
+    return "state_dict"  # loaded by the worker with torch.load(weights_only=True)
+
+
+@bp.post("")
+@doc(resp={"HTTP_201": ModelInfo, "HTTP_202": ModelInfo}, errors=(400, 401, 409, 413, 422), tags=["models"])
+def register_model():
+    """Register a model: multipart with a `weights` file and a `spec` JSON field
+    (ModelSpec). A worker loads the weights safely and lists the layers; `?replace=1`
+    overwrites a model of the same name."""
+    spec, files = read_spec(ModelSpec)
+    weights = request.files.get("weights")
+    if weights is None:
+        raise ApiError(400, "attach the weights as a multipart file field 'weights'")
+    data = weights.read()
+    if not data:
+        raise ApiError(400, "the 'weights' file is empty")
+    svc = services.get()
+    prefix = keys.model_prefix(spec.name)
+    if svc.storage.exists(f"{prefix}/model.json") and request.args.get("replace") not in ("1", "true"):
+        raise ApiError(409, f"model {spec.name!r} exists; POST with ?replace=1 to overwrite it")
+    fmt = weights_format(spec.architecture, data)
+    svc.storage.put(f"{prefix}/weights", data)
+    info = {**spec.model_dump(), "format": fmt, "status": "registering", "layers": [], "created": time.time()}
+    svc.storage.put_json(f"{prefix}/model.json", info)
+    result = svc.celery.send_task(INSPECT_MODEL, kwargs={"name": spec.name}, ignore_result=False)
+    try:
+        result.get(timeout=svc.settings.model_inspect_timeout_s, propagate=False)
+    except CeleryTimeout:
+        return info, 202  # no worker yet: GET /v1/models/{name} shows when it is ready
+    finally:
+        result.forget()
+    info = svc.storage.get_json(f"{prefix}/model.json")
+    if info["status"] == "invalid":
+        raise ApiError(422, f"the weights do not load into {spec.architecture!r}: {info['error']}")
+    return info, 201
+
+
+@bp.get("")
+@doc(resp={"HTTP_200": ModelList}, errors=(401,), tags=["models"])
+def list_models():
+    """Registered models."""
+    st = services.get().storage
+    names = sorted({k.split("/")[1] for k in st.list("models/", recursive=True) if k.endswith("/model.json")})
+    return {"models": [m for m in (st.get_json_or_none(f"models/{n}/model.json") for n in names) if m]}
+
+
+@bp.get("/<name>")
+@doc(resp={"HTTP_200": ModelInfo}, errors=(401, 404), tags=["models"])
+def get_model(name: str):
+    """A model's manifest, with its layers by module path (e.g. `cnn.15`)."""
+    info = services.get().storage.get_json_or_none(f"{keys.model_prefix(name)}/model.json") \
+        if "/" not in name else None
+    if info is None:
+        raise ApiError(404, f"unknown model {name!r}")
+    return info

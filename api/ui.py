@@ -1,0 +1,49 @@
+"""Web pages, server-rendered (no front-end build): jobs, a job's gallery, audit reports."""
+from __future__ import annotations
+
+from flask import Blueprint, make_response, redirect, render_template, request, url_for
+
+from api import services
+from api.jobs import extras_of, item_of, status_of
+from shared import storage as keys
+
+bp = Blueprint("ui", __name__)
+
+
+@bp.get("/")
+def index():
+    return redirect(url_for("ui.jobs_page"))
+
+
+@bp.get("/ui")
+def jobs_page():
+    svc = services.get()
+    jobs = [status_of(j) for j in svc.jobs.ids(0, 100) if svc.jobs.get(j)]
+    resp = make_response(render_template("jobs.html", jobs=jobs))
+    if request.args.get("key"):  # a browser keeps the API key as a cookie
+        resp.set_cookie("xaiq_key", request.args["key"], httponly=True, samesite="Strict")
+    return resp
+
+
+@bp.get("/ui/jobs/<job>")
+def job_page(job: str):
+    state = status_of(job)
+    st = services.get().storage
+    manifest = st.get_json(keys.job_key(job))
+    page = max(request.args.get("page", 1, type=int), 1)
+    per_page = 24
+    indices = range((page - 1) * per_page, min(page * per_page, len(manifest["inputs"])))
+    items = [item_of(st, job, i, manifest, state["status"]) for i in indices]
+    for item in items:
+        item["input_url"] = st.url(manifest["inputs"][item["index"]]["key"])
+    more = indices.stop < len(manifest["inputs"])
+    return render_template("job.html", job=state, items=items, methods=list(state["methods"]),
+                           extras=extras_of(st, job), page=page, more=more)
+
+
+@bp.get("/ui/audits/<audit>")
+def audit_page(audit: str):
+    state = status_of(audit)
+    st = services.get().storage
+    html = st.get(f"audits/{audit}/report.html").decode() if state["status"] == "succeeded" else None
+    return render_template("audit.html", job=state, report_html=html)

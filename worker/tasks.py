@@ -1,0 +1,78 @@
+"""Thin Celery tasks: account the unit, call the pipeline, count, finish the job."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from celery.signals import worker_process_init
+
+from shared.celery_app import EXPLAIN_UNIT, INSPECT_MODEL
+from shared.settings import get_settings
+from worker import metrics
+from worker.celery_app import app
+from worker.models.loading import inspect
+from worker.pipeline import Cancelled, WorkerContext, finish_job, run_unit
+
+log = logging.getLogger("xaiq.worker")
+_ctx: WorkerContext | None = None
+
+
+def context() -> WorkerContext:
+    global _ctx
+    if _ctx is None or _ctx.pid != os.getpid():
+        _ctx = WorkerContext(get_settings())
+        _ctx.pid = os.getpid()
+    return _ctx
+
+
+@worker_process_init.connect
+def _init_process(**_):
+    s = get_settings()
+    if s.torch_threads:
+        import torch
+
+        torch.set_num_threads(s.torch_threads)
+    metrics.serve(s)
+
+
+def after_unit(ctx: WorkerContext, job: str, outcome: str) -> None:
+    if outcome in ("complete", "cancelled"):
+        finish_job(ctx, job, outcome)
+
+
+@app.task(name=EXPLAIN_UNIT, bind=True)
+def explain_unit(self, job: str, unit: int, first: int, count: int) -> str:
+    ctx = context()
+    state = ctx.jobs.start_unit(job, unit)
+    if state != "ok":
+        log.info("job %s unit %d skipped: %s", job, unit, state)
+        if state == "cancelled":
+            after_unit(ctx, job, ctx.jobs.finish_unit(job, unit, 0, 0, skipped=True))
+        return state
+    t0, error = time.perf_counter(), ""
+    try:
+        done, failed = run_unit(ctx, job, unit, first, count)
+    except Cancelled:
+        after_unit(ctx, job, ctx.jobs.finish_unit(job, unit, 0, 0, skipped=True))
+        return "cancelled"
+    except Exception as e:  # noqa: BLE001 - retried, then its images count as failed
+        if self.request.retries < ctx.settings.unit_retries:
+            log.warning("job %s unit %d failed (try %d), retrying: %r", job, unit, self.request.retries + 1, e)
+            raise self.retry(exc=e, countdown=min(2 ** self.request.retries, 30)) from e
+        log.exception("job %s unit %d failed after %d retries", job, unit, self.request.retries)
+        done, failed, error = 0, count, f"unit {unit} (images {first}-{first + count - 1}): {type(e).__name__}: {e}"
+    seconds = time.perf_counter() - t0
+    ctx.jobs.count(units=1, unit_seconds=seconds, images=done)
+    metrics.unit_done(done, seconds)
+    log.info("job %s unit %d: %d done, %d failed in %.2fs", job, unit, done, failed, seconds)
+    after_unit(ctx, job, ctx.jobs.finish_unit(job, unit, done, failed, error))
+    return "ok"
+
+
+@app.task(name=INSPECT_MODEL, ignore_result=False)
+def inspect_model(name: str) -> str:
+    ctx = context()
+    info = inspect(ctx.storage, name, ctx.device)
+    log.info("model %s: %s %s", name, info["status"], info.get("error") or "")
+    return info["status"]
