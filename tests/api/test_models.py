@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import io
+import json
+
+import torch
+
+
+def register(http, spec, weights: bytes, replace=True):
+    return http.post("/v1/models" + ("?replace=1" if replace else ""), content_type="multipart/form-data",
+                     data={"spec": json.dumps(spec), "weights": (io.BytesIO(weights), "w.bin")})
+
+
+def test_digits_model_lists_its_layers(http, digits_model):
+    info = http.get("/v1/models/digits-cnn").get_json()
+    assert info["status"] == "ready" and info["format"] == "safetensors"
+    paths = {layer["path"]: layer for layer in info["layers"]}
+    assert paths["cnn.0"]["conv"] and paths["cnn.0"]["out_channels"] == 16
+    assert paths["cnn.11"]["type"] == "MaxPool2d" and paths["cnn.11"]["out_channels"] == 64
+    assert "fc.2" in paths
+    assert any(m["name"] == "digits-cnn" for m in http.get("/v1/models").get_json()["models"])
+
+
+def test_food11_accepts_a_state_dict_from_the_course(http, digits_model):
+    """The course exercise saved torch.save(model.state_dict()); DataParallel adds 'module.'."""
+    from worker.models.architectures import Food11CNN
+
+    sd = {f"module.{k}": v for k, v in Food11CNN().state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    spec = {"name": "food11-test", "architecture": "food11-cnn", "input": {"channels": 3, "height": 128, "width": 128},
+            "mean": [0, 0, 0], "std": [1, 1, 1], "classes": [f"c{i}" for i in range(11)]}
+    resp = register(http, spec, buf.getvalue())
+    assert resp.status_code == 201, resp.get_json()
+    info = resp.get_json()
+    assert info["format"] == "state_dict" and info["parameters"] > 12_000_000
+    assert {"cnn.15", "fc.4"} <= {layer["path"] for layer in info["layers"]}
+
+
+def test_torchscript_model(http, digits_model, digits_torch):
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(digits_torch), buf)
+    spec = {"name": "digits-ts", "architecture": "torchscript", "input": {"channels": 1, "height": 32, "width": 32},
+            "mean": [0.25], "std": [0.35], "classes": [str(i) for i in range(10)]}
+    resp = register(http, spec, buf.getvalue())
+    assert resp.status_code == 201, resp.get_json()
+    assert "cnn.0" in {layer["path"] for layer in resp.get_json()["layers"]}
+
+
+def test_pickled_code_and_wrong_weights_are_refused(http, digits_model):
+    spec = {"name": "bad", "architecture": "digits-cnn", "input": {"channels": 1, "height": 32, "width": 32},
+            "mean": [0.5], "std": [0.5], "classes": [str(i) for i in range(10)]}
+    buf = io.BytesIO()
+    torch.save(torch.nn.Linear(2, 2), buf)  # a whole module = a pickle of code: weights_only refuses it
+    resp = register(http, spec, buf.getvalue())
+    assert resp.status_code == 422 and "do not load" in resp.get_json()["error"]["message"]
+    from worker.models.architectures import Food11CNN
+
+    buf = io.BytesIO()
+    torch.save(Food11CNN().state_dict(), buf)
+    resp = register(http, spec, buf.getvalue())
+    assert resp.status_code == 422 and "state_dict" in resp.get_json()["error"]["message"]
+
+
+def test_model_spec_is_validated(http):
+    spec = {"name": "x y", "architecture": "resnet9000", "input": {"channels": 1, "height": 32, "width": 32},
+            "mean": [0.5, 0.5], "std": [0.5], "classes": ["a", "b"]}
+    resp = register(http, spec, b"123")
+    assert resp.status_code == 422
+    msg = resp.get_json()["error"]["message"]
+    assert "name" in msg and "architecture" in msg
+    ok = {**spec, "name": "fine", "architecture": "digits-cnn", "mean": [0.5]}
+    r = http.post("/v1/models", content_type="multipart/form-data", data={"spec": json.dumps(ok)})
+    assert r.status_code == 400 and "weights" in r.get_json()["error"]["message"]
+    assert register(http, {**ok, "name": "digits-cnn"}, b"123", replace=False).status_code == 409
+
+
+def test_openapi_document_and_docs_page(http):
+    doc = http.get("/openapi.json").get_json()
+    assert doc["openapi"].startswith("3")
+    for path in ("/v1/jobs", "/v1/jobs/{job}", "/v1/jobs/{job}/results", "/v1/models", "/v1/models/{name}",
+                 "/healthz", "/readyz"):
+        assert path in doc["paths"], path
+    assert {"JobSpec", "JobStatus", "ResultsPage", "ModelInfo", "Error"} <= set(doc["components"]["schemas"])
+    page = http.get("/docs")
+    assert page.status_code == 200 and b"swagger-ui" in page.data
+    assert http.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+
+
+def test_health_and_readiness(http):
+    assert http.get("/healthz").get_json() == {"status": "ok"}
+    ready = http.get("/readyz").get_json()
+    assert ready == {"status": "ok", "checks": {"redis": "ok", "storage": "ok"}}
+
+
+def test_readyz_reports_unreachable_storage(settings):
+    from api import create_app
+
+    app = create_app(settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:1"}))
+    resp = app.test_client().get("/readyz")
+    assert resp.status_code == 503 and resp.get_json()["checks"]["storage"].startswith("error")

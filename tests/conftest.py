@@ -1,0 +1,129 @@
+"""Real parts for the tests: one Redis, one S3 server (SeaweedFS, credentials checked),
+one API (gunicorn) and one Celery worker process per test session."""
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    from client.stack import Stack
+
+    root = tmp_path_factory.mktemp("stack")
+    s = Stack(root, workers=1, api_port=0, s3_port=0, api_key=secrets.token_urlsafe(12),
+              torch_threads=1, extra_env={"XAIQ_UNIT_SIZE": "16", "XAIQ_UNIT_RETRIES": "1"})
+    try:
+        s.start()
+    except Exception:
+        for log in s.logs.glob("*.log"):
+            print(f"--- {log.name}\n{log.read_text()[-3000:]}")
+        s.stop()
+        raise
+    env = s.env(XAIQ_UNIT_SIZE="16", XAIQ_UNIT_RETRIES="1")
+    for k, v in env.items():
+        if k.startswith("XAIQ_"):
+            os.environ[k] = v
+    from shared.settings import get_settings
+
+    get_settings.cache_clear()
+    yield s
+    s.stop()
+    if os.environ.get("CI"):
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copytree(s.logs, ARTIFACTS / "stack-logs", dirs_exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def settings(stack):
+    from shared.settings import Settings
+
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def client(stack):
+    from client.sdk import Client
+
+    return Client(stack.api_url, stack.api_key)
+
+
+@pytest.fixture(scope="session")
+def app(settings):
+    from api import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture()
+def http(app, stack):
+    """Flask's test client with the API key."""
+    c = app.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {stack.api_key}"
+    return c
+
+
+@pytest.fixture(scope="session")
+def digits_model(client):
+    from client.cli import register_digits
+
+    info = register_digits(client)
+    assert info["status"] == "ready", info
+    return info
+
+
+@pytest.fixture(scope="session")
+def digit_pngs():
+    """64 real digits as PNG bytes (32x32 grayscale) with their labels."""
+    from worker.models.digits import digit_images
+
+    images, labels = digit_images(64)
+    out = []
+    for i, img in enumerate(images):
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        out.append((f"digit-{i}.png", buf.getvalue()))
+    return out, labels
+
+
+@pytest.fixture(scope="session")
+def digits_torch():
+    """The digits model in this process, for independent reference computations."""
+    import torch
+    from safetensors.torch import load_file
+
+    from worker.models.architectures import DigitsCNN
+    from worker.models.digits import WEIGHTS
+
+    model = DigitsCNN()
+    model.load_state_dict(load_file(WEIGHTS / "digits-cnn.safetensors"))
+    return model.eval()
+
+
+def to_model_input(png: bytes, mean=0.25, std=0.35) -> np.ndarray:
+    arr = np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float32) / 255.0
+    return ((arr - mean) / std)[None]
+
+
+def wait_final(client, job: str, timeout: float = 240) -> dict:
+    return client.wait(job, timeout=timeout, poll=0.2)
+
+
+def wait_until(check, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached in {timeout} s")

@@ -1,0 +1,70 @@
+"""A bulk job through HTTP -> Redis -> a real Celery worker -> S3, checked against Captum."""
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import requests
+import torch
+from PIL import Image
+
+from tests.conftest import to_model_input, wait_final
+
+
+def reference_saliency(model, x: torch.Tensor) -> np.ndarray:
+    """Captum's Saliency on log_softmax (= |d CE / d x|), min-max normalised per image (the seed's)."""
+    from captum.attr import Saliency
+
+    target = model(x).argmax(1)
+    attr = Saliency(lambda t: torch.log_softmax(model(t), 1)).attribute(x.clone().requires_grad_(), target=target,
+                                                                        abs=True).detach().numpy()
+    lo = attr.reshape(len(attr), -1).min(1)[:, None, None, None]
+    hi = attr.reshape(len(attr), -1).max(1)[:, None, None, None]
+    return (attr - lo) / (hi - lo)
+
+
+def test_bulk_saliency_job_of_64_images_matches_captum(client, digits_model, digit_pngs, digits_torch):
+    pngs, labels = digit_pngs
+    t0 = time.monotonic()
+    job = client.submit(pngs, model="digits-cnn", methods={"saliency": {}})
+    state = wait_final(client, job)
+    elapsed = time.monotonic() - t0
+    print(f"64-image saliency job end to end: {elapsed:.2f} s")
+    assert state["status"] == "succeeded", state
+    assert state["progress"] == {"total": 64, "done": 64, "failed": 0}
+    assert state["started"] and state["finished"] >= state["started"]
+
+    items = list(client.results(job, per_page=25))  # three pages
+    assert [it["index"] for it in items] == list(range(64))
+    x = torch.tensor(np.stack([to_model_input(png) for _, png in pngs]))
+    ref = reference_saliency(digits_torch, x)
+    with torch.no_grad():
+        pred = digits_torch(x).argmax(1).numpy()
+    for it in items:
+        i = it["index"]
+        assert it["status"] == "done" and it["name"] == pngs[i][0]
+        assert it["prediction"]["label"] == pred[i] == it["target"]
+        assert abs(sum(it["prediction"]["probabilities"].values()) - 1) < 1e-3
+        npy = np.load(io.BytesIO(requests.get(it["methods"]["saliency"]["npy"], timeout=30).content))
+        assert npy.dtype == np.float32 and npy.shape == (1, 32, 32)
+        np.testing.assert_allclose(npy, ref[i], atol=1e-5)
+        png = Image.open(io.BytesIO(requests.get(it["methods"]["saliency"]["png"], timeout=30).content))
+        assert png.size == Image.open(io.BytesIO(pngs[i][1])).size
+    assert (pred == labels).mean() > 0.9  # the shipped model is right on real digits
+
+
+def test_job_from_keys_already_in_storage(client, digits_model, digit_pngs, settings):
+    from shared.storage import Storage
+
+    st = Storage(settings)
+    keys = []
+    for name, png in digit_pngs[0][:5]:
+        st.put(f"datasets/e2e/{name}", png, "image/png")
+        keys.append(f"datasets/e2e/{name}")
+    job = client.submit_keys(keys, model="digits-cnn", methods={"saliency": {}}, labels=[0, 1, 2, 3, 4])
+    state = wait_final(client, job)
+    assert state["status"] == "succeeded" and state["progress"]["done"] == 5
+    items = list(client.results(job))
+    assert [it["target"] for it in items] == [0, 1, 2, 3, 4]
+    assert [it["name"] for it in items] == [k.rsplit("/", 1)[1] for k in keys]
