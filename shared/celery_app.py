@@ -31,5 +31,7 @@ def make_celery(s: Settings) -> Celery:
         result_serializer="json",
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        worker_send_task_events=True,  # Flower shows units as they run
+        task_send_sent_event=True,
     )
     return app
