@@ -88,16 +88,18 @@ class Client:
             from tqdm import tqdm
 
             bar = tqdm(unit="img", desc=job[:8])
-        start = time.monotonic()
+        start, last = time.monotonic(), None
         try:
             while True:
                 st = self._call("GET", f"{path}/{job}")
                 if bar is not None:
                     p = st["progress"]
-                    bar.total = p["total"]
-                    bar.n = p["done"] + p["failed"]
-                    bar.set_postfix(status=st["status"], failed=p["failed"])
-                    bar.refresh()
+                    shown = (p["done"] + p["failed"], st["status"])
+                    if shown != last:
+                        bar.total = p["total"]
+                        bar.n = shown[0]
+                        bar.set_postfix(status=st["status"], failed=p["failed"])
+                        last = shown
                 if st["status"] in FINAL:
                     return st
                 if timeout is not None and time.monotonic() - start > timeout:
