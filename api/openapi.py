@@ -15,6 +15,7 @@ spec = SpecTree(
     version="v1",
     description="Explanations of PyTorch image classifiers in bulk: submit jobs, poll, fetch results.",
     mode="strict",
+    openapi_version="3.0.3",  # what the bundled Swagger UI (4.x) renders
     naming_strategy=lambda model: model.__name__,
     annotations=False,
     page_templates={},

@@ -4,6 +4,8 @@ it can be timed and tested in-process."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -100,8 +102,24 @@ def predict(model: torch.nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.
         return torch.cat([model(c).float().softmax(1) for c in x.split(chunk)])
 
 
-def run_unit(ctx: WorkerContext, job: str, unit: int, first: int, count: int) -> tuple[int, int]:
-    """Explain images first..first+count-1 of the job; returns (done, failed)."""
+@dataclass
+class Explained:
+    """What a unit computed, for callers that add to it (audits)."""
+
+    model: LoadedModel
+    batch: Batch
+    inputs: torch.Tensor        # (N, C, H, W) normalised, on the device
+    probabilities: torch.Tensor  # (N, classes)
+    targets: torch.Tensor       # (N,)
+    results: dict[str, explain.Explanation]
+
+
+def run_unit(ctx: WorkerContext, job: str, unit: int, first: int, count: int,
+             on_batch=None) -> tuple[int, int]:
+    """Explain images first..first+count-1 of the job; returns (done, failed).
+
+    `on_batch(explained) -> (objects, item_fields)` may add objects to store and
+    fields to each image's item.json (audits add faithfulness and a partial)."""
     manifest = ctx.manifest(job)
     lm = ctx.model(manifest["model"])
     batch = read_batch(ctx, manifest, lm.info, first, count)
@@ -116,14 +134,14 @@ def run_unit(ctx: WorkerContext, job: str, unit: int, first: int, count: int) ->
         given = manifest.get("labels")
         targets = torch.tensor([given[i] for i in batch.indices], device=lm.device) if given \
             else probs.argmax(1)
-        timings, shown = {}, {"input": render.input_pictures(batch.pixels)}
+        timings, shown, results = {}, {"input": render.input_pictures(batch.pixels)}, {}
         for name, params in manifest["methods"].items():
             if ctx.jobs.cancelled(job):
                 raise Cancelled(job)
             t0 = time.perf_counter()
             result = explain.run(name, lm.model, x, targets, params)
             timings[name] = round(time.perf_counter() - t0, 4)
-            shown[name] = result.pictures
+            shown[name], results[name] = result.pictures, result
             for j, i in enumerate(batch.indices):
                 prefix = keys.item_prefix(job, i)
                 put.append((f"{prefix}/{name}.png", images.png(result.pictures[j], batch.sizes[j])))
@@ -134,6 +152,10 @@ def run_unit(ctx: WorkerContext, job: str, unit: int, first: int, count: int) ->
             for extra, arr in result.extras.items():
                 put.append((f"{keys.unit_prefix(job, unit)}/{name}-{extra}.npy", images.npy(arr)))
         put.append((f"{keys.unit_prefix(job, unit)}/figure.png", render.figure(shown, batch.names)))
+        fields: list[dict] = [{} for _ in batch.indices]
+        if on_batch is not None:
+            objects, fields = on_batch(Explained(lm, batch, x, probs, targets, results))
+            put.extend(objects)
         probs_cpu, targets_cpu = probs.cpu().numpy(), targets.cpu().numpy()
         items = []
         for j, i in enumerate(batch.indices):
@@ -143,6 +165,8 @@ def run_unit(ctx: WorkerContext, job: str, unit: int, first: int, count: int) ->
                 "prediction": {"label": label, "class": lm.classes[label],
                                "probabilities": {c: round(float(p), 6) for c, p in zip(lm.classes, probs_cpu[j])}},
                 "methods": list(manifest["methods"]), "timings": timings, "size": list(batch.sizes[j]),
+                "worker": f"{socket.gethostname()}/{os.getpid()}",  # which process explained it
+                **fields[j],
             }))
     else:
         items = []

@@ -1,0 +1,77 @@
+"""The pages in headless Chromium (Debian's, driven by Playwright): they load, every
+image renders, links work. Screenshots are kept in test-artifacts/."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.conftest import ARTIFACTS, wait_final
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.fail("Chromium is missing: apt-get install chromium (scripts/test does it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def finished_job(client, digits_model, digit_pngs):
+    methods = {"saliency": {}, "filters": {"layer": "cnn.4", "filters": [0, 1, 2], "iterations": 20},
+               "lime": {"num_samples": 200, "n_segments": 30}}
+    job = client.submit(digit_pngs[0][:6], model="digits-cnn", methods=methods, name="browser-test")
+    assert wait_final(client, job)["status"] == "succeeded"
+    return job
+
+
+def all_images_render(page) -> list[str]:
+    page.wait_for_load_state("networkidle")
+    return page.eval_on_selector_all("img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0))"
+                                            ".map(i => i.alt || i.src)")
+
+
+def test_job_list_and_job_page(browser, stack, finished_job):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{stack.api_url}/ui?key={stack.api_key}")
+    assert page.title() == "xaiq · jobs"
+    link = page.locator(f"a.job-link[href='/ui/jobs/{finished_job}']")
+    assert link.count() == 1
+    page.screenshot(path=str(ARTIFACTS / "ui-jobs.png"), full_page=True)
+    link.click()
+    page.wait_for_url(f"**/ui/jobs/{finished_job}")
+    assert page.locator("tr.item").count() == 6
+    header = page.locator("#items th").all_inner_texts()
+    assert header[-3:] == ["saliency", "filters", "lime"]
+    imgs = page.locator("#items img")
+    assert imgs.count() == 6 * 4  # input + three maps per image
+    assert all_images_render(page) == []
+    assert page.locator("figure img").count() >= 4  # the unit figure and the filter visualisations
+    page.screenshot(path=str(ARTIFACTS / "ui-job.png"), full_page=True)
+    page.locator("nav a", has_text="Jobs").click()
+    page.wait_for_url("**/ui")
+    page.close()
+
+
+def test_pages_need_the_key(browser, stack, finished_job):
+    page = browser.new_page()
+    resp = page.goto(f"{stack.api_url}/ui/jobs/{finished_job}")
+    assert resp.status == 401
+    page.close()
+
+
+def test_docs_page_renders(browser, stack):
+    page = browser.new_page()
+    page.goto(f"{stack.api_url}/docs")
+    page.wait_for_selector(".opblock", timeout=20000)
+    assert page.locator(".opblock").count() >= 7
+    page.screenshot(path=str(ARTIFACTS / "ui-docs.png"))
+    page.close()
