@@ -22,8 +22,11 @@ class Settings(BaseSettings):
     s3_public_endpoint: str = ""
     """Endpoint that clients reach; presigned URLs are signed for it. Empty: s3_endpoint."""
     s3_access_key: str = "xaiq"
+    """S3 access key (compose: also the MinIO root user)."""
     s3_secret_key: str = "xaiq-secret"
+    """S3 secret key; `xaiq up` makes a random one."""
     s3_region: str = "us-east-1"
+    """Region used to sign requests (given, so no location lookup)."""
     bucket: str = "xaiq"
     """One bucket holds inputs/, models/, jobs/, audits/ (XAIQ_BUCKET)."""
     url_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
@@ -37,6 +40,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = 4096 * 4096
     """Largest input image (width x height); larger ones get 413."""
     max_images_per_job: int = 20000
+    """Most images in one job or audit; more get 413."""
     model_inspect_timeout_s: float = 60.0
     """How long POST /v1/models waits for a worker to load and inspect the weights."""
 

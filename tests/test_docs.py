@@ -1,0 +1,35 @@
+"""The README documents the public contract: every method, parameter and setting."""
+from __future__ import annotations
+
+from pathlib import Path
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_every_method_and_parameter_is_documented():
+    from shared.methods import METHODS
+
+    for m in METHODS.values():
+        assert f"`{m.name}`" in README, m.name
+        for p in m.params.model_fields:
+            assert f"`{p}`" in README, f"{m.name}.{p}"
+
+
+def test_every_setting_is_documented():
+    from shared.settings import Settings
+
+    for name in Settings.model_fields:
+        assert f"`XAIQ_{name.upper()}`" in README, name
+
+
+def test_builtin_architecture_names_agree():
+    from shared.schemas import BUILTIN_ARCHITECTURES
+    from worker.models.architectures import ARCHITECTURES
+
+    assert set(BUILTIN_ARCHITECTURES) == set(ARCHITECTURES)
+
+
+def test_quick_start_has_the_two_commands():
+    quick = README.split("## Quick start", 1)[1].split("##", 1)[0]
+    assert "bash scripts/demo" in quick and "bash scripts/test" in quick
+    assert Path(".ci/run").read_text().count("scripts/test") == 1
