@@ -32,4 +32,4 @@ def test_builtin_architecture_names_agree():
 def test_quick_start_has_the_two_commands():
     quick = README.split("## Quick start", 1)[1].split("##", 1)[0]
     assert "bash scripts/demo" in quick and "bash scripts/test" in quick
-    assert Path(".ci/run").read_text().count("scripts/test") == 1
+    assert (Path(__file__).resolve().parent.parent / ".ci/run").read_text().count("scripts/test") == 1

@@ -205,6 +205,6 @@ def auto_batch_size(model: nn.Module, example: torch.Tensor, grad: bool, cap: in
         free, _ = torch.cuda.mem_get_info(example.device)
         budget = free // 2
     else:
-        budget = (256 if grad else 64) << 20
+        budget = (1024 if grad else 64) << 20
     cache[key] = max(1, int(budget // max(per, 1)))
     return min(cache[key], cap)
