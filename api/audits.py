@@ -95,14 +95,18 @@ def create_audit():
         {"Location": links(audit, "audit")["self"]}
 
 
-@bp.get("/<audit>")
-@doc(resp={"HTTP_200": JobStatus}, errors=(401, 404), tags=["audits"])
-def get_audit(audit: str):
-    """Status and progress of an audit (the report is written once every image is done)."""
+def audit_status(audit: str) -> dict:
     state = status_of(audit)
     if state["kind"] != "audit":
         raise ApiError(404, f"unknown audit {audit!r} (it is a job: GET /v1/jobs/{audit})")
     return state
+
+
+@bp.get("/<audit>")
+@doc(resp={"HTTP_200": JobStatus}, errors=(401, 404), tags=["audits"])
+def get_audit(audit: str):
+    """Status and progress of an audit (the report is written once every image is done)."""
+    return audit_status(audit)
 
 
 @bp.get("/<audit>/report")
@@ -110,7 +114,7 @@ def get_audit(audit: str):
 def report(audit: str):
     """The report: `report` (report.json, schema in worker/audit/REPORT.md) and `html`, a
     presigned URL of the self-contained report.html."""
-    state = get_audit(audit)
+    state = audit_status(audit)
     if state["status"] != "succeeded":
         raise ApiError(409, f"audit {audit} is {state['status']}; the report is written when it succeeds")
     st = services.get().storage

@@ -7,7 +7,7 @@ import time
 
 from celery.signals import worker_process_init
 
-from shared.celery_app import EXPLAIN_UNIT, INSPECT_MODEL
+from shared.celery_app import AUDIT_REPORT, AUDIT_UNIT, EXPLAIN_UNIT, INSPECT_MODEL
 from shared.settings import get_settings
 from worker import metrics
 from worker.celery_app import app
@@ -37,12 +37,46 @@ def _init_process(**_):
 
 
 def after_unit(ctx: WorkerContext, job: str, outcome: str) -> None:
-    if outcome in ("complete", "cancelled"):
+    if outcome == "complete" and ctx.manifest(job)["kind"] == "audit":
+        audit_report.delay(job)  # the audit succeeds once its report is written
+    elif outcome in ("complete", "cancelled"):
         finish_job(ctx, job, outcome)
 
 
 @app.task(name=EXPLAIN_UNIT, bind=True)
 def explain_unit(self, job: str, unit: int, first: int, count: int) -> str:
+    return run_work_unit(self, job, unit, first, count)
+
+
+@app.task(name=AUDIT_UNIT, bind=True)
+def audit_unit(self, job: str, unit: int, first: int, count: int) -> str:
+    from worker.audit.service import on_batch
+
+    return run_work_unit(self, job, unit, first, count, on_batch(context().manifest(job), job, unit))
+
+
+@app.task(name=AUDIT_REPORT, bind=True)
+def audit_report(self, job: str) -> str:
+    from worker.audit.service import write_report
+
+    ctx = context()
+    try:
+        report = write_report(ctx, job)
+    except Exception as e:  # noqa: BLE001 - retried, then the audit fails with the reason
+        if self.request.retries < ctx.settings.unit_retries:
+            raise self.retry(exc=e, countdown=min(2 ** self.request.retries, 30)) from e
+        log.exception("audit %s: report failed", job)
+        ctx.jobs.set_final(job, "failed", f"report: {type(e).__name__}: {e}")
+        finish_job(ctx, job, "final")
+        return "failed"
+    state = ctx.jobs.get(job)
+    ctx.jobs.set_final(job, "failed" if state["progress"]["failed"] else "succeeded")
+    finish_job(ctx, job, "final")
+    log.info("audit %s: report with %d flag(s)", job, len(report["flags"]))
+    return "ok"
+
+
+def run_work_unit(self, job: str, unit: int, first: int, count: int, on_batch=None) -> str:
     ctx = context()
     state = ctx.jobs.start_unit(job, unit)
     if state != "ok":
@@ -52,7 +86,7 @@ def explain_unit(self, job: str, unit: int, first: int, count: int) -> str:
         return state
     t0, error = time.perf_counter(), ""
     try:
-        done, failed = run_unit(ctx, job, unit, first, count)
+        done, failed = run_unit(ctx, job, unit, first, count, on_batch)
     except Cancelled:
         after_unit(ctx, job, ctx.jobs.finish_unit(job, unit, 0, 0, skipped=True))
         return "cancelled"

@@ -1,0 +1,345 @@
+"""The audit report: `report.json` (schema: the pydantic `Report` below, documented in
+REPORT.md) and a self-contained `report.html` (inline CSS, matplotlib plots embedded
+as base64 PNG). No I/O: dicts and strings out.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA = "xaiq.audit.report/1"
+
+
+# --- schema ------------------------------------------------------------------------
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Region(_M):
+    pixels: list[int] = Field(min_length=4, max_length=4, description="x0, y0, x1, y1 in input pixels, end-exclusive")
+    fractions: list[float] = Field(min_length=4, max_length=4, description="the same as fractions of width/height")
+
+
+class Scores(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    mass: float
+    reference_mass: float
+    lift: float
+    area_frac: float
+    consistency: float
+    cluster_size: int
+    class_size: int
+
+
+class Evidence(_M):
+    region: Region
+    image_indices: list[int]
+    scores: Scores
+    prototype: list[list[float]] | None = None
+    thresholds: dict[str, Any] | None = None
+
+
+class Flag(_M):
+    class_: int = Field(alias="class")
+    class_name: str
+    kind: Literal["shortcut"]
+    method: str | None
+    group: str
+    evidence: Evidence
+
+
+class SanityStage(_M):
+    layer: str
+    spearman_mean: float
+    spearman_std: float
+
+
+class Sanity(_M):
+    method: str
+    n_images: int
+    stages: list[SanityStage]
+    final_spearman: float
+    pass_threshold: float
+    passed: bool
+
+
+class FaithStats(_M):
+    n: int
+    deletion: float | None
+    insertion: float | None
+    deletion_random: float | None
+    insertion_random: float | None
+    deletion_beats_random: float | None
+    insertion_beats_random: float | None
+
+
+class Faithfulness(_M):
+    overall: FaithStats
+    per_class: list[FaithStats]
+    histograms: dict[str, list[float]]
+
+
+class MethodSummary(_M):
+    faithfulness: Faithfulness
+    mean_maps: list[list[list[float]] | None]
+
+
+class PerClass(_M):
+    class_: int = Field(alias="class")
+    name: str
+    count: int
+    correct: int
+    accuracy: float | None
+
+
+class Report(_M):
+    schema_: Literal["xaiq.audit.report/1"] = Field(alias="schema")
+    created: str
+    meta: dict[str, Any]
+    classes: list[str]
+    n_images: int
+    n_classes: int
+    input_size: list[int]
+    methods: list[str]
+    accuracy: float
+    confusion: list[list[int]]
+    per_class: list[PerClass]
+    per_method: dict[str, MethodSummary]
+    flags: list[Flag]
+    sanity: list[Sanity]
+
+
+def validate_report(report: dict) -> Report:
+    """Raise pydantic.ValidationError if `report` does not follow the schema."""
+    return Report.model_validate(report)
+
+
+def json_schema() -> dict:
+    return Report.model_json_schema(by_alias=True)
+
+
+# --- report.json -------------------------------------------------------------------
+def build_report(summary: dict, flags: list[dict], sanity: list[dict], class_names: list[str] | None = None,
+                 meta: dict | None = None) -> dict:
+    """The report dict (JSON-ready) from `aggregate.summarise`, `shortcuts.detect_*`
+    flags and `sanity.cascading_randomisation` results."""
+    report = {"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "meta": dict(meta or {}), **summary, "flags": list(flags), "sanity": list(sanity)}
+    if class_names:
+        report["classes"] = list(class_names)
+    report = json.loads(json.dumps(report, default=_json_default))
+    validate_report(report)
+    return report
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def example_indices(flags: list[dict], per_flag: int = 6) -> list[int]:
+    """Dataset indices whose thumbnails `render_html` shows for the flags."""
+    return sorted({i for f in flags for i in f["evidence"]["image_indices"][:per_flag]})
+
+
+# --- report.html -------------------------------------------------------------------
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img_tag(b64: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _as_image(a) -> np.ndarray:
+    a = np.asarray(a, np.float32)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.max() > 1.0:
+        a = a / 255.0
+    return np.clip(a, 0, 1)
+
+
+def _subplots(nrows: int, ncols: int, figsize):
+    """A figure without pyplot (no global state, thread-safe, no display needed)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def fig_confusion(report: dict) -> str:
+    cm = np.asarray(report["confusion"], float)
+    k = len(cm)
+    fig, ax = _subplots(1, 1, (1.2 + 0.45 * k, 1.0 + 0.45 * k))
+    ax = ax[0, 0]
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ticks = range(k)
+    ax.set_xticks(ticks, report["classes"], rotation=90, fontsize=7)
+    ax.set_yticks(ticks, report["classes"], fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("label")
+    return _png(fig)
+
+
+def fig_mean_maps(report: dict, max_classes: int = 20) -> str:
+    methods, classes = report["methods"], report["classes"][:max_classes]
+    fig, axes = _subplots(len(methods), len(classes), (1.1 * len(classes) + 0.8, 1.2 * len(methods) + 0.3))
+    for r, m in enumerate(methods):
+        for c, name in enumerate(classes):
+            ax = axes[r, c]
+            mm = report["per_method"][m]["mean_maps"][c]
+            if mm is not None:
+                ax.imshow(np.asarray(mm), cmap="inferno")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(m, fontsize=8)
+    return _png(fig)
+
+
+def fig_auc(report: dict) -> str:
+    methods = report["methods"]
+    fig, axes = _subplots(len(methods), 2, (7, 2.2 * len(methods)))
+    for r, m in enumerate(methods):
+        h = report["per_method"][m]["faithfulness"]["histograms"]
+        edges = np.asarray(h["bin_edges"])
+        mid, wd = (edges[1:] + edges[:-1]) / 2, np.diff(edges)
+        for c, kind in enumerate(("deletion", "insertion")):
+            ax = axes[r, c]
+            ax.bar(mid, h[kind], width=wd, alpha=0.7, label=f"{m}")
+            ax.bar(mid, h[f"{kind}_random"], width=wd, alpha=0.5, label="random order")
+            ax.set_title(f"{m}: {kind} AUC ({'lower' if kind == 'deletion' else 'higher'} is better)", fontsize=8)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def fig_sanity(report: dict) -> str:
+    fig, ax = _subplots(1, 1, (7, 3))
+    ax = ax[0, 0]
+    for s in report["sanity"]:
+        y = [st["spearman_mean"] for st in s["stages"]]
+        ax.plot(range(len(y)), y, marker="o", label=s["method"])
+        ax.set_xticks(range(len(y)), [st["layer"] for st in s["stages"]], rotation=45, fontsize=7, ha="right")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_ylabel("Spearman vs original")
+    ax.set_xlabel("randomised down to layer (cumulative, top first)")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def fig_flag(flag: dict, input_size, examples: dict[int, np.ndarray], per_flag: int = 6) -> str:
+    from matplotlib.patches import Rectangle
+
+    ev = flag["evidence"]
+    x0, y0, x1, y1 = ev["region"]["pixels"]
+    shown = [i for i in ev["image_indices"] if i in examples][:per_flag]
+    fig, axes = _subplots(1, 1 + len(shown), (1.8 * (1 + len(shown)), 2.1))
+    proto = np.asarray(ev["prototype"]) if ev.get("prototype") is not None else np.zeros((1, 1))
+    H, W = input_size
+    ax = axes[0, 0]
+    ax.imshow(proto, cmap="inferno", extent=(0, W, H, 0))
+    ax.set_title("cluster prototype", fontsize=8)
+    panels = [(ax, None)] + [(axes[0, j + 1], i) for j, i in enumerate(shown)]
+    for a, i in panels:
+        if i is not None:
+            img = _as_image(examples[i])
+            a.imshow(img, cmap="gray" if img.ndim == 2 else None, extent=(0, W, H, 0), vmin=0, vmax=1)
+            a.set_title(f"#{i}", fontsize=8)
+        a.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=1.5))
+        a.set_xticks([])
+        a.set_yticks([])
+    return _png(fig)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ddd;padding:.25em .5em;text-align:right}
+th{background:#f4f4f4}.flag{border-left:4px solid #d33;padding:.4em .8em;margin:.8em 0;background:#fff6f6}
+.ok{color:#185}.bad{color:#c22}img{max-width:100%}code{background:#f4f4f4;padding:0 .2em}"""
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+
+
+def render_html(report: dict, examples: dict[int, np.ndarray] | None = None) -> str:
+    """One self-contained HTML page. examples: dataset index -> image ((H, W), (H, W, 3) or
+    (C, H, W), in [0, 1] or 0..255) for the flagged images (see `example_indices`)."""
+    examples = examples or {}
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>xaiq audit</title><style>{_CSS}</style></head><body>",
+             "<h1>xaiq dataset audit</h1>",
+             f"<p>{report['n_images']} images, {report['n_classes']} classes, methods: "
+             f"{e(', '.join(report['methods']))}. Created {e(report['created'])}. "
+             f"Accuracy <b>{report['accuracy']:.3f}</b>.</p>"]
+    if report["meta"]:
+        parts.append("<p>" + ", ".join(f"{e(str(k))}: <code>{e(str(v))}</code>" for k, v in report["meta"].items()) + "</p>")
+
+    parts.append(f"<h2>Shortcut flags ({len(report['flags'])})</h2>")
+    if not report["flags"]:
+        parts.append("<p class='ok'>No class's attribution concentrates on a small region that other images do not use.</p>")
+    for f in report["flags"]:
+        s = f["evidence"]["scores"]
+        parts.append(
+            f"<div class='flag'><b>class {e(f['class_name'])}</b> ({e(f['kind'])}, method {e(str(f['method']))}, {e(f['group'])}): "
+            f"region {f['evidence']['region']['pixels']} holds {s['mass']:.0%} of the attribution in "
+            f"{s['area_frac']:.1%} of the image, {s['lift']:.1f}x the rest of the data set; consistent in "
+            f"{s['consistency']:.0%} of {s['cluster_size']} images (class size {s['class_size']}).<br>"
+            + _img_tag(fig_flag(f, report["input_size"], examples), "cluster prototype and examples") + "</div>")
+
+    parts.append("<h2>Accuracy</h2>" + _img_tag(fig_confusion(report), "confusion matrix"))
+    parts.append("<table><tr><th>class</th><th>images</th><th>correct</th><th>accuracy</th></tr>" + "".join(
+        f"<tr><td>{e(p['name'])}</td><td>{p['count']}</td><td>{p['correct']}</td><td>{_fmt(p['accuracy'])}</td></tr>"
+        for p in report["per_class"]) + "</table>")
+
+    parts.append("<h2>Mean attribution per class</h2>" + _img_tag(fig_mean_maps(report), "mean maps"))
+
+    parts.append("<h2>Faithfulness: deletion / insertion AUC</h2><p>Petsiuk et al. 2018: pixels removed (inserted) in "
+                 "order of attribution; lower deletion and higher insertion than a random order mean the map "
+                 "points at what the model uses.</p>")
+    parts.append("<table><tr><th>method</th><th>n</th><th>deletion</th><th>random</th><th>beats random</th>"
+                 "<th>insertion</th><th>random</th><th>beats random</th></tr>" + "".join(
+                     f"<tr><td>{e(m)}</td><td>{o['n']}</td><td>{_fmt(o['deletion'])}</td><td>{_fmt(o['deletion_random'])}</td>"
+                     f"<td>{_fmt(o['deletion_beats_random'])}</td><td>{_fmt(o['insertion'])}</td>"
+                     f"<td>{_fmt(o['insertion_random'])}</td><td>{_fmt(o['insertion_beats_random'])}</td></tr>"
+                     for m in report["methods"] for o in [report["per_method"][m]["faithfulness"]["overall"]]) + "</table>")
+    if any(report["per_method"][m]["faithfulness"]["overall"]["n"] for m in report["methods"]):
+        parts.append(_img_tag(fig_auc(report), "AUC distributions"))
+
+    parts.append("<h2>Sanity check: cascading model randomisation</h2>")
+    if report["sanity"]:
+        parts.append("<p>Adebayo et al. 2018: weights re-initialised from the top layer down; a method that explains "
+                     "the model must change (rank correlation drops).</p>" + _img_tag(fig_sanity(report), "sanity check"))
+        parts.append("<ul>" + "".join(
+            f"<li>{e(s['method'])}: final Spearman {s['final_spearman']:.3f} — "
+            f"<span class='{'ok' if s['passed'] else 'bad'}'>{'passes' if s['passed'] else 'FAILS'}</span> "
+            f"(threshold {s['pass_threshold']})</li>" for s in report["sanity"]) + "</ul>")
+    else:
+        parts.append("<p>Not run.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,77 @@
+"""Audits inside the service: the glue between the job pipeline, storage and the pure
+audit modules. Per unit: faithfulness and a partial (`audits/{id}/partials/{u}.npz`);
+at the end: merge, sanity check, shortcuts, `audits/{id}/report.json|html`."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from shared import storage as keys
+from worker import explain, images, render
+from worker.audit.aggregate import FAITH_KEYS
+from worker.audit.faithfulness import predict_fn
+from worker.audit.pipeline import finalize, run_sanity, unit_partial
+from worker.pipeline import Explained, WorkerContext, read_batch
+
+
+def partial_key(job: str, unit: int) -> str:
+    return f"audits/{job}/partials/{unit}.npz"
+
+
+def on_batch(manifest: dict, job: str, unit: int):
+    """The audit's addition to a unit: deletion/insertion per method, correctness, a partial."""
+    opts = manifest["options"]
+
+    def add(e: Explained):
+        truth = [manifest["truth"][i] for i in e.batch.indices]
+        heatmaps = {m: r.heatmaps for m, r in e.results.items()}
+        partial = unit_partial(e.inputs, truth, e.batch.indices, heatmaps, predict_fn(e.model.model, e.model.device),
+                               n_classes=len(e.model.classes), steps=opts["faithfulness_steps"], seed=opts["seed"])
+        preds = partial.preds
+        fields = [{
+            "label": int(truth[j]), "label_class": e.model.classes[truth[j]], "correct": bool(preds[j] == truth[j]),
+            "faithfulness": {m: {k: round(float(partial.faith[m][j, c]), 5) for c, k in enumerate(FAITH_KEYS)}
+                             for m in partial.methods},
+        } for j in range(len(truth))]
+        return [(partial_key(job, unit), partial.to_bytes())], fields
+
+    return add
+
+
+def write_report(ctx: WorkerContext, job: str) -> dict:
+    """Merge the partials, check the maps' sanity on a sample, find shortcuts, store the report."""
+    t0 = time.perf_counter()
+    st = ctx.storage
+    manifest = ctx.manifest(job)
+    opts = manifest["options"]
+    lm = ctx.model(manifest["model"])
+    partials = (st.get(k) for k in sorted(st.list(f"audits/{job}/partials/")))
+
+    sanity = []
+    n = min(opts["sanity_sample"], len(manifest["inputs"]))
+    if n:
+        batch = read_batch(ctx, manifest, lm.info, 0, n)
+        if batch.indices:
+            x = torch.from_numpy(images.normalise(batch.pixels, lm.info)).to(lm.device)
+            with torch.no_grad():
+                y = lm.model(x).argmax(1)
+            attributes = {m: (lambda model, xs, ys, m=m: explain.run(m, model, xs, ys, manifest["methods"][m]).heatmaps)
+                          for m in manifest["methods"]}
+            sanity = run_sanity(lm.model, x, y, attributes, seed=opts["seed"])
+
+    def examples(indices: list[int]) -> dict[int, np.ndarray]:
+        out = {}
+        for i in indices:
+            pixels, _ = images.decode(st.get(manifest["inputs"][i]["key"]), lm.info)
+            out[i] = render.input_pictures(pixels[None])[0]
+        return out
+
+    meta = {"audit": job, "model": manifest["model"], "methods": list(manifest["methods"]),
+            "images": len(manifest["inputs"]), "options": opts, "name": manifest.get("name")}
+    report, html = finalize(partials, class_names=lm.classes, sanity=sanity, examples=examples, meta=meta)
+    report.setdefault("meta", {})["report_seconds"] = round(time.perf_counter() - t0, 2)
+    st.put_json(f"audits/{job}/report.json", report)
+    st.put(f"audits/{job}/report.html", html.encode(), "text/html; charset=utf-8")
+    return report
