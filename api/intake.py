@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from api import services
 from api.errors import ApiError
+from shared import methods as registry
 from shared import storage as keys
 from shared.celery_app import EXPLAIN_UNIT
 
@@ -70,6 +71,9 @@ def check_methods(methods: dict[str, dict], info: dict) -> None:
     """Layers and filter indices must exist in the model."""
     layers = {layer["path"]: layer for layer in info.get("layers", [])}
     for name, params in methods.items():
+        if info["format"] == "torchscript" and registry.get(name).needs_layer:
+            raise ApiError(422, f"methods.{name}: reads a layer through a hook, which TorchScript models do not "
+                                "allow; register the architecture with its weights instead")
         path = params.get("layer")
         if path is None:
             continue
