@@ -101,9 +101,9 @@ def test_readyz_reports_unreachable_storage(settings):
     assert resp.status_code == 503 and resp.get_json()["checks"]["storage"].startswith("error")
 
 
-def test_layer_methods_are_refused_on_torchscript_models(http, digits_model, digits_torch):
+def test_layer_methods_are_refused_on_torchscript_models(http, digits_model, digits_torch, digit_pngs):
     test_torchscript_model(http, digits_model, digits_torch)
     data = {"spec": json.dumps({"model": "digits-ts", "methods": {"gradcam": {}}}),
-            "images": [(io.BytesIO(b"x"), "a.png")]}
+            "images": [(io.BytesIO(digit_pngs[0][0][1]), "a.png")]}
     resp = http.post("/v1/jobs", data=data, content_type="multipart/form-data")
     assert resp.status_code == 422 and "TorchScript" in resp.get_json()["error"]["message"]

@@ -205,6 +205,35 @@ def auto_batch_size(model: nn.Module, example: torch.Tensor, grad: bool, cap: in
         free, _ = torch.cuda.mem_get_info(example.device)
         budget = free // 2
     else:
-        budget = (1024 if grad else 64) << 20
+        budget = (1024 if grad else 256) << 20
     cache[key] = max(1, int(budget // max(per, 1)))
     return min(cache[key], cap)
+
+
+def run_chunked(model: nn.Module, example: torch.Tensor, n: int, cap: int, tune: bool, fn) -> None:
+    """Call fn(start, stop) over range(n) in chunks of at most `cap`.
+
+    tune (CPU with an automatic size, where the fastest batch is small and depends on the
+    cache): first one chunk of each power of two up to min(cap, 64), timed (useful work, not
+    a probe), then the fastest per item for the rest. The choice is remembered per model and
+    input shape, so later calls chunk identically and give the same numbers.
+    """
+    import time
+
+    cache = _BATCH_CACHE.setdefault(model, {})
+    key = ("tuned", tuple(example.shape), cap)
+    trials = sorted({c for c in (1, 2, 4, 8, 16, 32, 64) if c <= cap} | ({cap} if cap <= 64 else set())) if tune else []
+    if sum(trials) > n // 2:
+        trials = []
+    i, times = 0, {}
+    for c in trials:
+        t = time.perf_counter()
+        fn(i, i + c)
+        times[c] = (time.perf_counter() - t) / c
+        i += c
+    if trials and key not in cache:
+        cache[key] = min(times, key=times.get)
+    bs = cache.get(key, cap) if trials else cap
+    while i < n:
+        fn(i, min(n, i + bs))
+        i += bs
