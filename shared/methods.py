@@ -46,6 +46,11 @@ class LimeParams(Params):
     min_weight: float = Field(default=0.05, ge=0, description="smallest |weight| shown in the picture")
     positive_only: bool = False
     seed: int = Field(default=0, description="random seed of the perturbations")
+    outputs: Literal["logits", "probabilities"] = Field(
+        default="logits",
+        description="what the surrogate fits: the model's raw outputs (the seed's; min_weight=0.05 is on "
+        "that scale) or softmax probabilities (the lime package's convention)",
+    )
 
 
 class SmoothGradParams(Params):

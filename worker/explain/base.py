@@ -111,7 +111,8 @@ def layer_of(model: nn.Module, layer: str | None) -> nn.Module:
     """A module by path ('cnn.15'); None: the last nn.Conv2d."""
     if layer is not None:
         return model.get_submodule(layer)
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    convs = [m for m in model.modules()
+             if isinstance(m, nn.Conv2d) or getattr(m, "original_name", None) == "Conv2d"]
     if not convs:
         raise ValueError("the model has no nn.Conv2d; name a layer")
     return convs[-1]

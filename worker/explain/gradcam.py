@@ -1,0 +1,47 @@
+"""Grad-CAM: ReLU of the gradient-weighted sum of a conv layer's feature maps.
+
+Paper: Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks via
+Gradient-based Localization", https://arxiv.org/abs/1610.02391
+Matches Captum's LayerGradCam(model, layer).attribute(x, target, relu_attributions=True)
+on the class score (logit), upsampled like LayerAttribution.interpolate(..., 'bilinear').
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Explanation, capture, evaluating, layer_of, overlay, prepare, to_numpy, upsample
+
+
+def gradcam_tensor(model: nn.Module, images: torch.Tensor, labels=None, layer: str | None = None):
+    """(cam (N,h,w) at the layer's resolution, labels used), on the model's device."""
+    x, y = prepare(model, images, labels)
+    module = layer_of(model, layer)
+    with evaluating(model), capture(module) as box, torch.enable_grad():
+        logits = model(x.requires_grad_(True))  # a graph even when the parameters are frozen
+        acts = box.value
+        if y is None:
+            y = logits.detach().argmax(1)
+        score = logits.gather(1, y[:, None]).sum()   # images independent: sum is per-image
+        (grads,) = torch.autograd.grad(score, acts)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * acts.detach()).sum(1))
+    return cam, y
+
+
+def gradcam(model: nn.Module, images: torch.Tensor, labels=None, layer: str | None = None,
+            upsampled: bool = True) -> np.ndarray:
+    """(N,H,W) float32 Grad-CAM upsampled bilinearly to the input size
+    (upsampled=False: (N,h,w) at the layer's resolution). layer: module path, default
+    the last nn.Conv2d; labels default to the predicted classes."""
+    cam, _ = gradcam_tensor(model, images, labels, layer)
+    return to_numpy(upsample(cam, images.shape[-2:]) if upsampled else cam)
+
+
+def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params) -> Explanation:
+    """maps: (N,h,w) raw cam at the layer; heatmaps: (N,H,W) bilinear upsampled cam;
+    pictures: jet overlay of the upsampled cam on the grey image."""
+    cam, _ = gradcam_tensor(model, images, labels, params.layer)
+    up = upsample(cam, images.shape[-2:])
+    return Explanation(maps=to_numpy(cam), pictures=overlay(images, up), heatmaps=to_numpy(up))

@@ -1,0 +1,39 @@
+"""Saliency maps: |d CrossEntropy(model(x), y) / d x|, each image min-max normalised.
+
+Paper: Simonyan, Vedaldi, Zisserman 2013, "Deep Inside Convolutional Networks:
+Visualising Image Classification Models and Saliency Maps", https://arxiv.org/abs/1312.6034
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Explanation, evaluating, normalize, predicted, prepare, rgb, to_numpy
+
+
+def saliency_tensor(model: nn.Module, images: torch.Tensor, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalised maps (N,C,H,W) on the model's device, labels used)."""
+    x, y = prepare(model, images, labels)
+    with evaluating(model):
+        x.requires_grad_(True)
+        logits = model(x)
+        if y is None:
+            y = logits.detach().argmax(1)
+        # sum, not mean: each image's gradient is its own, whatever the batch size
+        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, x)   # w.r.t. the input only: no parameter .grad
+    return normalize(g.abs()), y
+
+
+def saliency(model: nn.Module, images: torch.Tensor, labels=None) -> np.ndarray:
+    """(N,C,H,W) float32 in [0,1]; labels default to the predicted classes."""
+    return to_numpy(saliency_tensor(model, images, labels)[0])
+
+
+def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params) -> Explanation:
+    """maps: (N,C,H,W) normalised saliency; pictures: the map as RGB (the seed's
+    picture; C=1 grey); heatmaps: (N,H,W) the map summed over channels."""
+    s, _ = saliency_tensor(model, images, labels)
+    return Explanation(maps=to_numpy(s), pictures=to_numpy(rgb(s)).clip(0, 1), heatmaps=to_numpy(s.sum(1)))
