@@ -43,7 +43,7 @@ def main() -> None:
         "smoothgrad": E.run("smoothgrad", model, x, y).pictures,
         "integrated_gradients": E.run("integrated_gradients", model, x, y).pictures,
         "gradcam": E.run("gradcam", model, x, y).pictures,
-        "lime": E.run("lime", model, x, y, {"n_segments": 30, "min_weight": 0.0}).pictures,
+        "lime": E.run("lime", model, x, y, {"n_segments": 30}).pictures,
     }
     fig, axs = plt.subplots(len(pick), len(cols), figsize=(1.3 * len(cols), 1.4 * len(pick)))
     for j, (name, pics) in enumerate(cols.items()):

@@ -75,3 +75,37 @@ def test_docs_page_renders(browser, stack):
     assert page.locator(".opblock").count() >= 7
     page.screenshot(path=str(ARTIFACTS / "ui-docs.png"))
     page.close()
+
+
+@pytest.fixture(scope="module")
+def finished_audit(client, digits_model, tmp_path_factory):
+    from worker.models.digits import digit_images
+
+    folder = tmp_path_factory.mktemp("dataset")
+    images, labels = digit_images(120)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        (folder / str(label)).mkdir(exist_ok=True)
+        img.save(folder / str(label) / f"{i}.png")
+    audit = client.audit(folder, model="digits-cnn", methods={"saliency": {}, "gradcam": {}},
+                         options={"sanity_sample": 8}, name="browser-audit")
+    assert client.wait(audit, timeout=300, path="/v1/audits")["status"] == "succeeded"
+    return audit
+
+
+def test_audit_report_page(browser, stack, finished_audit):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{stack.api_url}/ui?key={stack.api_key}")
+    page.locator(f"a.job-link[href='/ui/audits/{finished_audit}']").click()
+    page.wait_for_url(f"**/ui/audits/{finished_audit}")
+    frame = page.frame_locator("#report")
+    frame.locator("img").first.wait_for(timeout=20000)
+    report = page.frames[1]
+    broken = report.eval_on_selector_all("img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length")
+    assert broken == 0 and report.locator("img").count() >= 3
+    assert "confusion" in report.content().lower()
+    page.screenshot(path=str(ARTIFACTS / "ui-audit.png"), full_page=True)
+    page.locator("a", has_text="images and maps").click()
+    page.wait_for_url(f"**/ui/jobs/{finished_audit}")
+    assert page.locator("tr.item").count() == 24  # first page of the gallery
+    assert all_images_render(page) == []
+    page.close()
