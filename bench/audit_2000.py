@@ -67,7 +67,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=1)
-    args = ap.parse_args()
+    args, _ = ap.parse_known_args()  # run_all.sh passes the explainer flags to every script
 
     from client.cli import register_digits
     from client.sdk import Client

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-../.venv/bin/python}"
 [ -x "$PY" ] || PY=python
-for b in saliency_bench.py filters_bench.py lime_bench.py lime_memory.py; do
+# The explainers, then the service: 2 workers vs 1, and an audit of 2,000 images.
+for b in saliency_bench.py filters_bench.py lime_bench.py lime_memory.py workers_bench.py audit_2000.py; do
   echo "=== $b $*"
   "$PY" "$b" "$@"
 done

@@ -52,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    args, _ = ap.parse_known_args()  # run_all.sh passes the explainer flags to every script
 
     from client.sdk import Client
     from client.stack import Stack, wait_for
