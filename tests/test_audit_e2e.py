@@ -3,6 +3,7 @@ planted shortcut found end to end (a model trained on digits whose 3s carry a pa
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 
 import numpy as np
@@ -70,7 +71,7 @@ def register(client, name: str, weights: bytes) -> None:
 
 def run_audit(client, name: str, data: bytes, **spec) -> tuple[dict, dict]:
     r = client.session.post(f"{client.server}/v1/audits", files={"dataset": ("d.zip", data)},
-                            data={"spec": __import__("json").dumps({"model": name, **spec})})
+                            data={"spec": json.dumps({"model": name, **spec})})
     assert r.status_code == 202, r.text
     audit = r.json()["id"]
     state = client.wait(audit, timeout=600, poll=0.5, path="/v1/audits")

@@ -35,6 +35,7 @@ class WorkerContext:
 
     settings: Settings
     manifests: OrderedDict = field(default_factory=OrderedDict)
+    pid: int = field(default_factory=os.getpid)  # a forked child builds its own
 
     @property
     def storage(self) -> Storage:

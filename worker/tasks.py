@@ -22,7 +22,6 @@ def context() -> WorkerContext:
     global _ctx
     if _ctx is None or _ctx.pid != os.getpid():
         _ctx = WorkerContext(get_settings())
-        _ctx.pid = os.getpid()
     return _ctx
 
 
