@@ -119,16 +119,19 @@ class Client:
             page += 1
 
     def download(self, job: str, folder: str | Path) -> Path:
-        """Every item's pictures and raw maps, plus results.json, into folder/."""
+        """Every item's pictures and raw maps, the per-unit pictures (composite figures,
+        filter visualisations) and results.json, into folder/."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         items = list(self.results(job))
-        for item in items:
-            for method, urls in item.get("methods", {}).items():
-                for kind, url in urls.items():
-                    r = requests.get(url, timeout=self.timeout)
-                    r.raise_for_status()
-                    (folder / f"{item['index']:05d}-{method}.{kind}").write_bytes(r.content)
+        first = self._call("GET", f"/v1/jobs/{job}/results?page=1&per_page=1")
+        files = {f"{item['index']:05d}-{method}.{kind}": url for item in items
+                 for method, urls in item.get("methods", {}).items() for kind, url in urls.items()}
+        files.update({f"unit-{name.replace('/', '-')}": url for name, url in first["extras"].items()})
+        for name, url in files.items():
+            r = requests.get(url, timeout=self.timeout)
+            r.raise_for_status()
+            (folder / name).write_bytes(r.content)
         (folder / "results.json").write_text(json.dumps(items, indent=1))
         return folder
 

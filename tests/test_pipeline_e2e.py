@@ -68,3 +68,20 @@ def test_job_from_keys_already_in_storage(client, digits_model, digit_pngs, sett
     items = list(client.results(job))
     assert [it["target"] for it in items] == [0, 1, 2, 3, 4]
     assert [it["name"] for it in items] == [k.rsplit("/", 1)[1] for k in keys]
+
+
+def test_cli_submit_downloads_pictures_maps_and_unit_figures(stack, digits_model, digit_pngs, tmp_path, monkeypatch):
+    from client.cli import main
+
+    for name, png in digit_pngs[0][:3]:
+        (tmp_path / name).write_bytes(png)
+    monkeypatch.setenv("XAIQ_API_KEY", stack.api_key)
+    out = tmp_path / "out"
+    rc = main(["submit", str(tmp_path), "--model", "digits-cnn", "--method", "saliency", "--method", "filters",
+               "--params", '{"filters": {"layer": "cnn.4", "filters": [0, 1], "iterations": 5}}',
+               "--server", stack.api_url, "--out", str(out)])
+    assert rc == 0
+    (job_dir,) = out.iterdir()
+    names = {p.name for p in job_dir.iterdir()}
+    assert {"00000-saliency.png", "00002-filters.npy", "results.json", "unit-0-figure.png",
+            "unit-0-filters-visualizations-1.png"} <= names
