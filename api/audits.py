@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from pathlib import PurePosixPath
 
 from flask import Blueprint, request
@@ -46,7 +47,10 @@ def zip_entries(data: bytes, max_bytes: int, max_files: int) -> list[tuple[str, 
     if any(len(p) != 2 for p in parts):
         bad = next("/".join(p) for p in parts if len(p) != 2)
         raise ApiError(422, f"{bad!r}: the zip must hold one folder per class with images directly inside")
-    return [(p[0], p[1], z.read(i)) for p, i in zip(parts, infos)]
+    try:
+        return [(p[0], p[1], z.read(i)) for p, i in zip(parts, infos)]
+    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, zlib.error) as e:
+        raise ApiError(400, f"cannot read the zip: {type(e).__name__}: {e}") from None
 
 
 def prefix_entries(prefix: str) -> list[tuple[str, str, str]]:

@@ -1,6 +1,6 @@
 """Optional API key: with XAIQ_API_KEY set, /v1 and the pages need it
 (`Authorization: Bearer KEY`, `X-API-Key: KEY`, or the `xaiq_key` cookie that
-`/ui?key=KEY` sets for a browser)."""
+`/ui?key=KEY` sets for a browser before redirecting to a URL without the key)."""
 from __future__ import annotations
 
 import hmac
@@ -17,7 +17,8 @@ def presented_key() -> str:
     auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    return request.headers.get("X-API-Key") or request.args.get("key") or request.cookies.get("xaiq_key") or ""
+    from_url = request.args.get("key", "") if request.path == "/ui" else ""  # the pages' login link only
+    return request.headers.get("X-API-Key") or from_url or request.cookies.get("xaiq_key") or ""
 
 
 def init_app(app: Flask) -> None:

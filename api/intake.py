@@ -16,7 +16,7 @@ from shared import methods as registry
 from shared import storage as keys
 from shared.celery_app import EXPLAIN_UNIT
 
-FORMATS = {"PNG", "JPEG"}
+FORMATS = {"PNG", "JPEG", "MPO"}  # MPO: the multi-picture JPEG of phone cameras
 
 
 def new_id() -> str:
@@ -35,9 +35,13 @@ def check_image(name: str, data: bytes, max_pixels: int) -> bytes:
             img.load()
             if img.format == "PNG":
                 return data
+            if img.mode not in ("L", "RGB", "RGBA", "LA"):  # CMYK, YCbCr, ... have no PNG form
+                img = img.convert("RGB")
             buf = io.BytesIO()
             img.save(buf, "PNG")
             return buf.getvalue()
+    except Image.DecompressionBombError as e:
+        raise ApiError(413, f"{name}: too many pixels ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ApiError(400, f"{name}: not a readable PNG or JPEG image ({e})") from None
 
@@ -97,7 +101,15 @@ def store_uploads(job: str, uploads: list[tuple[str, bytes]]) -> list[dict]:
     return inputs
 
 
+def valid_key(key: str) -> bool:
+    parts = key.split("/")
+    return bool(key) and len(key) <= 1024 and not key.startswith("/") and ".." not in parts and "" not in parts
+
+
 def check_keys(inputs: list[str]) -> list[dict]:
+    bad = [k for k in inputs if not valid_key(k)]
+    if bad:
+        raise ApiError(422, f"inputs: {len(bad)} invalid key(s): keys are 'folder/name.png' paths in the bucket", bad[:20])
     st = services.get().storage
     with ThreadPoolExecutor(8) as pool:
         found = list(pool.map(st.exists, inputs))

@@ -111,7 +111,12 @@ def get_job(job: str):
 def cancel_job(job: str):
     """Cancel: units not yet started are skipped; the job reads `cancelled` once none runs."""
     status_of(job)
-    services.get().jobs.cancel(job)
+    svc = services.get()
+    if svc.jobs.cancel(job) == "cancelled":  # nothing was running: no worker will write the manifest
+        state = svc.jobs.get(job)
+        manifest = svc.storage.get_json(keys.job_key(job))
+        manifest.update({k: state[k] for k in ("status", "progress", "started", "finished", "error")})
+        svc.storage.put_json(keys.job_key(job), manifest)
     return status_of(job), 202
 
 

@@ -1,9 +1,10 @@
 """Web pages, server-rendered (no front-end build): jobs, a job's gallery, audit reports."""
 from __future__ import annotations
 
-from flask import Blueprint, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
 
 from api import services
+from api.errors import ApiError
 from api.jobs import extras_of, item_of, status_of
 from shared import storage as keys
 
@@ -17,12 +18,13 @@ def index():
 
 @bp.get("/ui")
 def jobs_page():
+    if request.args.get("key"):  # keep the key as a cookie, and out of URLs and access logs
+        resp = redirect(url_for("ui.jobs_page"))
+        resp.set_cookie("xaiq_key", request.args["key"], httponly=True, samesite="Strict")
+        return resp
     svc = services.get()
     jobs = [status_of(j) for j in svc.jobs.ids(0, 100) if svc.jobs.get(j)]
-    resp = make_response(render_template("jobs.html", jobs=jobs))
-    if request.args.get("key"):  # a browser keeps the API key as a cookie
-        resp.set_cookie("xaiq_key", request.args["key"], httponly=True, samesite="Strict")
-    return resp
+    return render_template("jobs.html", jobs=jobs)
 
 
 @bp.get("/ui/jobs/<job>")
@@ -44,6 +46,8 @@ def job_page(job: str):
 @bp.get("/ui/audits/<audit>")
 def audit_page(audit: str):
     state = status_of(audit)
+    if state["kind"] != "audit":
+        raise ApiError(404, f"unknown audit {audit!r} (it is a job: /ui/jobs/{audit})")
     st = services.get().storage
     html = st.get(f"audits/{audit}/report.html").decode() if state["status"] == "succeeded" else None
     return render_template("audit.html", job=state, report_html=html)

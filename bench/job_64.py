@@ -69,7 +69,7 @@ def main() -> None:
         in_process()
         inproc = statistics.median(in_process() for _ in range(args.repeats))
         lm = ctx.model("digits-cnn")
-        x = torch.from_numpy(imgs.normalise(np.stack([imgs.decode(b, lm.info)[0] for _, b in images]), lm.info))
+        x = torch.from_numpy(imgs.normalise(np.stack([imgs.decode(b, lm.info, 2**31)[0] for _, b in images]), lm.info))
         y = torch.zeros(64, dtype=torch.long)
 
         def compute() -> float:

@@ -4,6 +4,7 @@ way the report lands in a local folder and its path is printed."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from pathlib import Path
 
@@ -28,8 +29,9 @@ def audit_with(client: Client, args) -> int:
 
 
 def run_audit(args) -> int:
-    if args.server:
-        return audit_with(Client(args.server), args)
+    server = args.server or os.environ.get("XAIQ_SERVER")
+    if server:
+        return audit_with(Client(server), args)
     from client.cli import register_digits
     from client.stack import Stack
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from client.sdk import ApiError, Client
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_METHODS = {"saliency": {}, "gradcam": {}, "lime": {"num_samples": 300, "n_segments": 50},
                    "filters": {"layer": "cnn.2", "filters": [0, 1, 2, 3], "iterations": 50}}
 
@@ -100,7 +101,11 @@ def cmd_submit(args) -> int:
     methods = {m: {} for m in args.method} if args.method else {"saliency": {}}
     if args.params:
         methods.update(json.loads(args.params))
-    paths = [p for a in args.images for p in (sorted(Path(a).glob("*.[pj][np]g")) if Path(a).is_dir() else [Path(a)])]
+    paths = [p for a in args.images for p in (sorted(f for f in Path(a).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+                                              if Path(a).is_dir() else [Path(a)])]
+    if not paths:
+        print("error: no .png/.jpg/.jpeg images given", file=sys.stderr)
+        return 2
     job = client.submit(paths, model=args.model, methods=methods)
     print(job, flush=True)
     if args.wait or args.out:

@@ -24,6 +24,9 @@ def make_celery(s: Settings) -> Celery:
         broker_transport_options=transport,
         result_backend_transport_options=transport,
         task_time_limit=min(s.task_time_limit_s, s.visibility_timeout_s - 60),
+        # The soft limit raises inside the unit, so it is retried and then counted as
+        # failed; the hard limit alone would acknowledge it uncounted.
+        task_soft_time_limit=max(1, min(s.task_time_limit_s, s.visibility_timeout_s - 60) - 60),
         task_ignore_result=True,
         result_expires=3600,
         task_serializer="json",

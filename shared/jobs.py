@@ -16,12 +16,28 @@ from shared.settings import Settings
 FINAL = ("succeeded", "failed", "cancelled")
 TTL_S = 7 * 24 * 3600  # live state of a finished job; the manifest in storage stays
 
+# Shared Lua: end a job in a final status once (TTL on its keys, a service-wide count).
+_END = """
+local function finish(keys, status, now, err)
+  local st = redis.call('HGET', keys[1], 'status')
+  if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return false end
+  redis.call('HSET', keys[1], 'status', status, 'finished', now)
+  if err ~= '' then redis.call('HSET', keys[1], 'error', err) end
+  redis.call('HINCRBYFLOAT', 'xaiq:stats', 'jobs_' .. status, 1)
+  for _, k in ipairs(keys) do redis.call('EXPIRE', k, %d) end
+  return true
+end
+""" % TTL_S
+
 _START = """
--- KEYS: hash, running; ARGV: unit, now
+-- KEYS: hash, running, attempts; ARGV: unit, now, max_attempts
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
 if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 'cancelled' end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return st end
+-- every start counts, retries and redeliveries after a crash alike: a unit that kills
+-- its worker each time (out of memory, say) must end, not loop
+if redis.call('HINCRBY', KEYS[3], ARGV[1], 1) > tonumber(ARGV[3]) then return 'exhausted' end
 redis.call('SADD', KEYS[2], ARGV[1])
 if st == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[2])
@@ -29,8 +45,8 @@ end
 return 'ok'
 """
 
-_FINISH = """
--- KEYS: hash, units, running; ARGV: unit, done, failed, error, now, skipped
+_FINISH = _END + """
+-- KEYS: hash, units, running, attempts; ARGV: unit, done, failed, error, now, skipped, seconds
 redis.call('SREM', KEYS[3], ARGV[1])
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 and ARGV[6] == '0' then
   redis.call('HINCRBY', KEYS[1], 'done', ARGV[2])
@@ -38,33 +54,45 @@ if redis.call('SADD', KEYS[2], ARGV[1]) == 1 and ARGV[6] == '0' then
   if ARGV[4] ~= '' and redis.call('HEXISTS', KEYS[1], 'error') == 0 then
     redis.call('HSET', KEYS[1], 'error', ARGV[4])
   end
+  redis.call('HINCRBYFLOAT', 'xaiq:stats', 'units', 1)
+  redis.call('HINCRBYFLOAT', 'xaiq:stats', 'images', ARGV[2])
+  redis.call('HINCRBYFLOAT', 'xaiq:stats', 'unit_seconds', ARGV[7])
 end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return '' end
-if redis.call('HGET', KEYS[1], 'cancel') == '1' then
+local complete = redis.call('SCARD', KEYS[2]) >= tonumber(redis.call('HGET', KEYS[1], 'units'))
+if redis.call('HGET', KEYS[1], 'cancel') == '1' and not complete then
   if redis.call('SCARD', KEYS[3]) == 0 then
-    redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', ARGV[5])
+    finish(KEYS, 'cancelled', ARGV[5], '')
     return 'cancelled'
   end
   return ''
 end
-if redis.call('SCARD', KEYS[2]) >= tonumber(redis.call('HGET', KEYS[1], 'units')) then
-  if redis.call('HSETNX', KEYS[1], 'complete', '1') == 1 then return 'complete' end
-end
+-- every caller that finds all units in and the job not final may finish it: finishing is
+-- idempotent, so a worker that dies while finishing leaves it to the next redelivery
+if complete then return 'complete' end
 return ''
 """
 
-_CANCEL = """
--- KEYS: hash, running; ARGV: now
+_CANCEL = _END + """
+-- KEYS: hash, units, running, attempts; ARGV: now
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return st end
+-- every unit is in: the job is finishing (an audit writes its report); too late to cancel
+if redis.call('SCARD', KEYS[2]) >= tonumber(redis.call('HGET', KEYS[1], 'units')) then return st end
 redis.call('HSET', KEYS[1], 'cancel', '1')
-if redis.call('SCARD', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', ARGV[1])
+if redis.call('SCARD', KEYS[3]) == 0 then
+  finish(KEYS, 'cancelled', ARGV[1], '')
   return 'cancelled'
 end
 return 'cancelling'
+"""
+
+_SET_FINAL = _END + """
+-- KEYS: hash, units, running, attempts; ARGV: status, now, error
+if finish(KEYS, ARGV[1], ARGV[2], ARGV[3]) then return 1 end
+return 0
 """
 
 
@@ -75,14 +103,16 @@ class JobStore:
         self._start = self.r.register_script(_START)
         self._finish = self.r.register_script(_FINISH)
         self._cancel = self.r.register_script(_CANCEL)
+        self._set_final = self.r.register_script(_SET_FINAL)
 
     @staticmethod
-    def _keys(job: str) -> tuple[str, str, str]:
-        return f"xaiq:job:{job}", f"xaiq:job:{job}:units", f"xaiq:job:{job}:running"
+    def _keys(job: str) -> list[str]:
+        """The job's hash, its set of units accounted for, its running units, attempts per unit."""
+        return [f"xaiq:job:{job}", f"xaiq:job:{job}:units", f"xaiq:job:{job}:running", f"xaiq:job:{job}:attempts"]
 
     def create(self, job: str, *, kind: str, model: str, methods: dict, total: int, units: int,
                name: str | None = None) -> None:
-        h, _, _ = self._keys(job)
+        h = self._keys(job)[0]
         now = time.time()
         self.r.hset(h, mapping={
             "kind": kind, "model": model, "methods": json.dumps(methods), "name": name or "",
@@ -90,6 +120,7 @@ class JobStore:
             "created": now,
         })
         self.r.zadd("xaiq:jobs", {job: now})
+        self.r.zremrangebyscore("xaiq:jobs", 0, now - TTL_S)  # the list follows the live state's TTL
         self.count(**{f"{kind}s_submitted": 1})
 
     def get(self, job: str) -> dict | None:
@@ -110,35 +141,29 @@ class JobStore:
         """Newest first."""
         return self.r.zrevrange("xaiq:jobs", offset, offset + limit - 1)
 
-    def start_unit(self, job: str, unit: int) -> str:
-        """'ok' to run; else why not ('cancelled', 'missing' or a final status)."""
-        h, _, running = self._keys(job)
-        return self._start(keys=[h, running], args=[unit, time.time()])
+    def start_unit(self, job: str, unit: int, max_attempts: int = 1000) -> str:
+        """'ok' to run; else why not: 'cancelled', 'missing', a final status, or
+        'exhausted' when the unit already started `max_attempts` times."""
+        h, _, running, attempts = self._keys(job)
+        return self._start(keys=[h, running, attempts], args=[unit, time.time(), max_attempts])
 
     def finish_unit(self, job: str, unit: int, done: int, failed: int, error: str = "",
-                    skipped: bool = False) -> str:
-        """Accounts the unit once. Returns 'complete' to exactly one caller when every unit
-        is accounted for, 'cancelled' when this call ended a cancelled job, else ''."""
-        h, units, running = self._keys(job)
-        return self._finish(keys=[h, units, running],
-                            args=[unit, done, failed, error[:2000], time.time(), int(skipped)])
+                    skipped: bool = False, seconds: float = 0.0) -> str:
+        """Accounts the unit once. Returns 'complete' when every unit is accounted for and
+        the job is not final yet (finishing is idempotent), 'cancelled' when this call
+        ended a cancelled job, else ''."""
+        return self._finish(keys=self._keys(job),
+                            args=[unit, done, failed, error[:2000], time.time(), int(skipped), seconds])
 
     def cancel(self, job: str) -> str:
-        h, _, running = self._keys(job)
-        return self._cancel(keys=[h, running], args=[time.time()])
+        return self._cancel(keys=self._keys(job), args=[time.time()])
 
     def cancelled(self, job: str) -> bool:
         return self.r.hget(self._keys(job)[0], "cancel") == "1"
 
-    def set_final(self, job: str, status: str, error: str | None = None) -> None:
-        keys = self._keys(job)
-        mapping = {"status": status, "finished": time.time()}
-        if error:
-            mapping["error"] = error[:2000]
-        self.r.hset(keys[0], mapping=mapping)
-        self.count(**{f"jobs_{status}": 1})
-        for k in keys:
-            self.r.expire(k, TTL_S)
+    def set_final(self, job: str, status: str, error: str | None = None) -> bool:
+        """End the job in `status` unless it already ended (then False)."""
+        return bool(self._set_final(keys=self._keys(job), args=[status, time.time(), (error or "")[:2000]]))
 
     # Service-wide counters (read by the API's /metrics, so they add up across processes).
     def count(self, **amounts: float) -> None:

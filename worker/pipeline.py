@@ -85,7 +85,8 @@ def read_batch(ctx: WorkerContext, manifest: dict, info: dict, first: int, count
     def read(entry):
         i, inp = entry
         try:
-            return i, inp["name"], *images.decode(ctx.storage.get(inp["key"]), info), None
+            return i, inp["name"], *images.decode(ctx.storage.get(inp["key"]), info,
+                                                  ctx.settings.max_image_pixels), None
         except Exception as e:  # noqa: BLE001 - one bad input fails one item, not the unit
             return i, inp["name"], None, None, f"cannot read input {inp['key']!r}: {type(e).__name__}: {e}"
 
@@ -191,8 +192,7 @@ def finish_job(ctx: WorkerContext, job: str, outcome: str) -> None:
     """After the last unit: the final status in Redis and in the manifest."""
     state = ctx.jobs.get(job)
     if outcome == "complete":
-        status = "failed" if state["progress"]["failed"] else "succeeded"
-        ctx.jobs.set_final(job, status)
+        ctx.jobs.set_final(job, "failed" if state["progress"]["failed"] else "succeeded")
         state = ctx.jobs.get(job)
     manifest = ctx.storage.get_json(keys.job_key(job))
     manifest.update({k: state[k] for k in ("status", "progress", "started", "finished", "error")})

@@ -51,7 +51,46 @@ def explain_unit(self, job: str, unit: int, first: int, count: int) -> str:
 def audit_unit(self, job: str, unit: int, first: int, count: int) -> str:
     from worker.audit.service import on_batch
 
-    return run_work_unit(self, job, unit, first, count, on_batch(context().manifest(job), job, unit))
+    return run_work_unit(self, job, unit, first, count, on_batch)
+
+
+def retry_or_give_up(self, ctx: WorkerContext, e: Exception, what: str) -> None:
+    """Retry with backoff while retries are left (raises); else return."""
+    if self.request.retries < ctx.settings.unit_retries:
+        log.warning("%s failed (try %d), retrying: %r", what, self.request.retries + 1, e)
+        raise self.retry(exc=e, countdown=min(2 ** self.request.retries, 30),
+                         max_retries=ctx.settings.unit_retries) from e
+    log.exception("%s failed after %d retries", what, self.request.retries)
+
+
+def run_work_unit(self, job: str, unit: int, first: int, count: int, audit_hook=None) -> str:
+    ctx = context()
+    what = f"job {job} unit {unit}"
+    # Retries and redeliveries after a crash both count as starts.
+    state = ctx.jobs.start_unit(job, unit, max_attempts=ctx.settings.unit_retries + 3)
+    if state not in ("ok", "exhausted"):
+        log.info("%s skipped: %s", what, state)
+        if state == "cancelled":
+            after_unit(ctx, job, ctx.jobs.finish_unit(job, unit, 0, 0, skipped=True))
+        return state
+    t0, error = time.perf_counter(), ""
+    try:
+        if state == "exhausted":
+            raise RuntimeError("the unit was started too often (its worker died each time?)")
+        on_batch = audit_hook(ctx.manifest(job), job, unit) if audit_hook else None
+        done, failed = run_unit(ctx, job, unit, first, count, on_batch)
+    except Cancelled:
+        after_unit(ctx, job, ctx.jobs.finish_unit(job, unit, 0, 0, skipped=True))
+        return "cancelled"
+    except Exception as e:  # noqa: BLE001 - retried, then its images count as failed
+        if state == "ok":
+            retry_or_give_up(self, ctx, e, what)
+        done, failed, error = 0, count, f"unit {unit} (images {first}-{first + count - 1}): {type(e).__name__}: {e}"
+    seconds = time.perf_counter() - t0
+    metrics.unit_done(done, seconds)
+    log.info("%s: %d done, %d failed in %.2fs", what, done, failed, seconds)
+    after_unit(ctx, job, ctx.jobs.finish_unit(job, unit, done, failed, error, seconds=seconds))
+    return "ok"
 
 
 @app.task(name=AUDIT_REPORT, bind=True)
@@ -61,45 +100,15 @@ def audit_report(self, job: str) -> str:
     ctx = context()
     try:
         report = write_report(ctx, job)
+        state = ctx.jobs.get(job)
+        ctx.jobs.set_final(job, "failed" if state["progress"]["failed"] else "succeeded")
+        finish_job(ctx, job, "final")
     except Exception as e:  # noqa: BLE001 - retried, then the audit fails with the reason
-        if self.request.retries < ctx.settings.unit_retries:
-            raise self.retry(exc=e, countdown=min(2 ** self.request.retries, 30)) from e
-        log.exception("audit %s: report failed", job)
+        retry_or_give_up(self, ctx, e, f"audit {job} report")
         ctx.jobs.set_final(job, "failed", f"report: {type(e).__name__}: {e}")
         finish_job(ctx, job, "final")
         return "failed"
-    state = ctx.jobs.get(job)
-    ctx.jobs.set_final(job, "failed" if state["progress"]["failed"] else "succeeded")
-    finish_job(ctx, job, "final")
     log.info("audit %s: report with %d flag(s)", job, len(report["flags"]))
-    return "ok"
-
-
-def run_work_unit(self, job: str, unit: int, first: int, count: int, on_batch=None) -> str:
-    ctx = context()
-    state = ctx.jobs.start_unit(job, unit)
-    if state != "ok":
-        log.info("job %s unit %d skipped: %s", job, unit, state)
-        if state == "cancelled":
-            after_unit(ctx, job, ctx.jobs.finish_unit(job, unit, 0, 0, skipped=True))
-        return state
-    t0, error = time.perf_counter(), ""
-    try:
-        done, failed = run_unit(ctx, job, unit, first, count, on_batch)
-    except Cancelled:
-        after_unit(ctx, job, ctx.jobs.finish_unit(job, unit, 0, 0, skipped=True))
-        return "cancelled"
-    except Exception as e:  # noqa: BLE001 - retried, then its images count as failed
-        if self.request.retries < ctx.settings.unit_retries:
-            log.warning("job %s unit %d failed (try %d), retrying: %r", job, unit, self.request.retries + 1, e)
-            raise self.retry(exc=e, countdown=min(2 ** self.request.retries, 30)) from e
-        log.exception("job %s unit %d failed after %d retries", job, unit, self.request.retries)
-        done, failed, error = 0, count, f"unit {unit} (images {first}-{first + count - 1}): {type(e).__name__}: {e}"
-    seconds = time.perf_counter() - t0
-    ctx.jobs.count(units=1, unit_seconds=seconds, images=done)
-    metrics.unit_done(done, seconds)
-    log.info("job %s unit %d: %d done, %d failed in %.2fs", job, unit, done, failed, seconds)
-    after_unit(ctx, job, ctx.jobs.finish_unit(job, unit, done, failed, error))
     return "ok"
 
 

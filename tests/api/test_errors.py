@@ -113,3 +113,45 @@ def test_bad_requests_store_nothing(http, settings, digits_model, digit_pngs):
     post_job(http, {"model": "digits-cnn", "methods": {"nope": {}}}, digit_pngs[0][:3])
     post_job(http, {"model": "digits-cnn", "labels": [0]}, digit_pngs[0][:3])
     assert set(Storage(settings).list("inputs/")) == before
+
+
+def test_decompression_bomb_and_odd_jpegs(http, digits_model):
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # a 60 kB PNG whose header says 20000x20000
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)) \
+        + chunk(b"IDAT", zlib.compress(b"\0" * 20001 * 3)) + chunk(b"IEND", b"")
+    assert_error(post_job(http, {"model": "digits-cnn"}, [("bomb.png", bomb)]), 413, "bomb.png")
+    buf = io.BytesIO()
+    Image.new("CMYK", (32, 32), (0, 0, 0, 255)).save(buf, "JPEG")
+    resp = post_job(http, {"model": "digits-cnn"}, [("cmyk.jpg", buf.getvalue())])
+    assert resp.status_code == 202, resp.get_json()
+
+
+def test_bad_keys_and_zips_are_4xx(http, digits_model):
+    assert_error(http.post("/v1/jobs", json={"model": "digits-cnn", "inputs": ["", "a/../b.png"]}), 422, "invalid key")
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("0/a.png", b"x" * 100)
+    data = bytearray(buf.getvalue())
+    data[data.index(b"x" * 100)] ^= 0xFF  # a bad CRC
+    resp = http.post("/v1/audits", content_type="multipart/form-data",
+                     data={"spec": '{"model": "digits-cnn"}', "dataset": (io.BytesIO(bytes(data)), "d.zip")})
+    assert_error(resp, 400, "cannot read the zip")
+
+
+def test_key_in_the_url_only_logs_a_browser_in(app, stack):
+    c = app.test_client()
+    resp = c.get(f"/ui?key={stack.api_key}")
+    assert resp.status_code == 302 and "key=" not in resp.headers["Location"]
+    assert c.get("/ui").status_code == 200            # the cookie now
+    fresh = app.test_client()
+    assert fresh.get(f"/v1/jobs?key={stack.api_key}").status_code == 401

@@ -61,13 +61,14 @@ def find_shortcuts(merged: Partial, *, class_names: list[str] | None = None,
 
 def finalize(partials: Iterable[Partial | bytes], *, class_names: list[str] | None = None,
              sanity: list[dict] | None = None, examples: dict[int, np.ndarray] | Callable | None = None,
-             shortcut_params: ShortcutParams = ShortcutParams(), meta: dict | None = None) -> tuple[dict, str]:
+             shortcut_params: ShortcutParams = ShortcutParams(), meta: dict | None = None,
+             shortcuts: bool = True) -> tuple[dict, str]:
     """Merge, summarise, detect shortcuts, build report.json (dict) and report.html (str).
     examples: index -> image, or a callable(list of indices) -> that dict, called with
     `report.example_indices(flags)` (load only the thumbnails the page shows)."""
     merged = merge(partials)
     summary = summarise(merged, class_names)
-    flags = find_shortcuts(merged, class_names=summary["classes"], params=shortcut_params)
+    flags = find_shortcuts(merged, class_names=summary["classes"], params=shortcut_params) if shortcuts else []
     rep = report_mod.build_report(summary, flags, sanity or [], meta=meta)
     if callable(examples):
         examples = examples(report_mod.example_indices(flags))

@@ -64,13 +64,14 @@ def write_report(ctx: WorkerContext, job: str) -> dict:
     def examples(indices: list[int]) -> dict[int, np.ndarray]:
         out = {}
         for i in indices:
-            pixels, _ = images.decode(st.get(manifest["inputs"][i]["key"]), lm.info)
+            pixels, _ = images.decode(st.get(manifest["inputs"][i]["key"]), lm.info, ctx.settings.max_image_pixels)
             out[i] = render.input_pictures(pixels[None])[0]
         return out
 
     meta = {"audit": job, "model": manifest["model"], "methods": list(manifest["methods"]),
             "images": len(manifest["inputs"]), "options": opts, "name": manifest.get("name")}
-    report, html = finalize(partials, class_names=lm.classes, sanity=sanity, examples=examples, meta=meta)
+    report, html = finalize(partials, class_names=lm.classes, sanity=sanity, examples=examples, meta=meta,
+                            shortcuts=opts["shortcuts"])
     report.setdefault("meta", {})["report_seconds"] = round(time.perf_counter() - t0, 2)
     st.put_json(f"audits/{job}/report.json", report)
     st.put(f"audits/{job}/report.html", html.encode(), "text/html; charset=utf-8")
