@@ -113,10 +113,7 @@ def cancel_job(job: str):
     status_of(job)
     svc = services.get()
     if svc.jobs.cancel(job) == "cancelled":  # nothing was running: no worker will write the manifest
-        state = svc.jobs.get(job)
-        manifest = svc.storage.get_json(keys.job_key(job))
-        manifest.update({k: state[k] for k in ("status", "progress", "started", "finished", "error")})
-        svc.storage.put_json(keys.job_key(job), manifest)
+        keys.record_final(svc.storage, svc.jobs.get(job))
     return status_of(job), 202
 
 

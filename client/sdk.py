@@ -109,25 +109,30 @@ class Client:
             if bar is not None:
                 bar.close()
 
-    def results(self, job: str, per_page: int = 200) -> Iterator[dict]:
+    def pages(self, job: str, per_page: int = 200) -> Iterator[dict]:
+        """Each page of GET /v1/jobs/{id}/results (page 1 also holds the per-unit `extras`)."""
         page = 1
         while True:
             body = self._call("GET", f"/v1/jobs/{job}/results?page={page}&per_page={per_page}")
-            yield from body["items"]
+            yield body
             if not body["next"]:
                 return
             page += 1
+
+    def results(self, job: str, per_page: int = 200) -> Iterator[dict]:
+        for body in self.pages(job, per_page):
+            yield from body["items"]
 
     def download(self, job: str, folder: str | Path) -> Path:
         """Every item's pictures and raw maps, the per-unit pictures (composite figures,
         filter visualisations) and results.json, into folder/."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        items = list(self.results(job))
-        first = self._call("GET", f"/v1/jobs/{job}/results?page=1&per_page=1")
+        pages = list(self.pages(job))
+        items = [item for body in pages for item in body["items"]]
         files = {f"{item['index']:05d}-{method}.{kind}": url for item in items
                  for method, urls in item.get("methods", {}).items() for kind, url in urls.items()}
-        files.update({f"unit-{name.replace('/', '-')}": url for name, url in first["extras"].items()})
+        files.update({f"unit-{name.replace('/', '-')}": url for name, url in pages[0]["extras"].items()})
         for name, url in files.items():
             r = requests.get(url, timeout=self.timeout)
             r.raise_for_status()

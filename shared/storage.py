@@ -24,6 +24,9 @@ from minio.error import S3Error
 from shared.settings import Settings
 
 
+MISSING = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")  # S3 error codes of an absent object
+
+
 def _client(endpoint: str, s: Settings) -> Minio:
     url = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
     http = urllib3.PoolManager(
@@ -83,7 +86,7 @@ class Storage:
         try:
             return self.get_json(key)
         except S3Error as e:
-            if e.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):
+            if e.code in MISSING:
                 return None
             raise
 
@@ -92,7 +95,7 @@ class Storage:
             self.client.stat_object(bucket_name=self.bucket, object_name=key)
             return True
         except S3Error as e:
-            if e.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):
+            if e.code in MISSING:
                 return False
             raise
 
@@ -116,6 +119,13 @@ def storage(s: Settings) -> Storage:
     if key not in _per_process:
         _per_process[key] = Storage(s)
     return _per_process[key]
+
+
+def record_final(st: Storage, state: dict) -> None:
+    """Copy a job's final state (JobStore.get) into its manifest, the durable record."""
+    manifest = st.get_json(job_key(state["id"]))
+    manifest.update({k: state[k] for k in ("status", "progress", "started", "finished", "error")})
+    st.put_json(job_key(state["id"]), manifest)
 
 
 def input_key(job: str, i: int) -> str:

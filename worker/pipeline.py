@@ -194,7 +194,5 @@ def finish_job(ctx: WorkerContext, job: str, outcome: str) -> None:
     if outcome == "complete":
         ctx.jobs.set_final(job, "failed" if state["progress"]["failed"] else "succeeded")
         state = ctx.jobs.get(job)
-    manifest = ctx.storage.get_json(keys.job_key(job))
-    manifest.update({k: state[k] for k in ("status", "progress", "started", "finished", "error")})
-    ctx.storage.put_json(keys.job_key(job), manifest)
+    keys.record_final(ctx.storage, state)
     log.info("job %s %s: %s", job, state["status"], state["progress"])

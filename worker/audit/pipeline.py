@@ -26,14 +26,17 @@ from .shortcuts import ShortcutParams, detect_shortcuts
 
 def unit_partial(images, labels, indices, heatmaps: dict[str, np.ndarray], predict: Callable, *,
                  n_classes: int, faithfulness: bool = True, steps: int = 16, seed: int = 0,
-                 batch_size: int = 512, map_size: int = 32, thumb_size: int = 16) -> Partial:
+                 batch_size: int = 512, map_size: int = 32, thumb_size: int = 16, probs=None) -> Partial:
     """One unit: forward pass, deletion/insertion per method (target = predicted class),
     normalised/downsampled maps. images (N, C, H, W) model input; heatmaps method ->
     (N, H, W); predict(x) -> probabilities. The random-order seed is derived from
-    (seed, first index), so a redelivered unit gives the same numbers."""
+    (seed, first index), so a redelivered unit gives the same numbers. `probs`: the
+    images' probabilities if the caller has them (saves a forward pass)."""
     x = torch.as_tensor(images, dtype=torch.float32)
-    with torch.no_grad():
-        probs = torch.cat([torch.as_tensor(predict(b)).float().cpu() for b in x.split(batch_size)]).numpy()
+    if probs is None:
+        with torch.no_grad():
+            probs = torch.cat([torch.as_tensor(predict(b)).float().cpu() for b in x.split(batch_size)])
+    probs = np.asarray(torch.as_tensor(probs).float().cpu())
     preds = probs.argmax(1)
     faith = None
     if faithfulness:

@@ -28,7 +28,8 @@ def on_batch(manifest: dict, job: str, unit: int):
         truth = [manifest["truth"][i] for i in e.batch.indices]
         heatmaps = {m: r.heatmaps for m, r in e.results.items()}
         partial = unit_partial(e.inputs, truth, e.batch.indices, heatmaps, predict_fn(e.model.model, e.model.device),
-                               n_classes=len(e.model.classes), steps=opts["faithfulness_steps"], seed=opts["seed"])
+                               n_classes=len(e.model.classes), steps=opts["faithfulness_steps"], seed=opts["seed"],
+                               probs=e.probabilities)
         preds = partial.preds
         fields = [{
             "label": int(truth[j]), "label_class": e.model.classes[truth[j]], "correct": bool(preds[j] == truth[j]),
