@@ -83,7 +83,7 @@ def test_concurrent_units_complete_the_job(store):
         t.start()
     for t in threads:
         t.join()
-    assert outcomes[-1] == "complete" and 1 <= outcomes.count("complete")
+    assert "complete" in outcomes  # whichever call counted the last unit (threads append in any order)
     assert store.get(job)["progress"]["done"] == 40
     assert sum(store.set_final(job, "succeeded") for _ in range(3)) == 1
 
