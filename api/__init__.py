@@ -7,17 +7,17 @@ from shared.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from api import audits, auth, errors, health, jobs, metrics, models, openapi, services, ui
+    from api import audits, auth, clients, docs, errors, health, jobs, metrics, models, openapi, ui
 
     settings = settings or get_settings()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 2**20
     app.json.sort_keys = False
-    services.init_app(app, settings)
+    clients.init_app(app, settings)
     errors.init_app(app)
     auth.init_app(app)
     metrics.init_app(app)
-    for bp in (health.bp, jobs.bp, models.bp, audits.bp, ui.bp):
+    for bp in (health.bp, jobs.bp, models.bp, audits.bp, ui.bp, docs.bp):
         app.register_blueprint(bp)
     openapi.init_app(app)
     return app

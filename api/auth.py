@@ -7,7 +7,7 @@ import hmac
 
 from flask import Flask, request
 
-from api import services
+from api import clients
 from api.errors import error_response
 
 OPEN = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/static")
@@ -24,7 +24,7 @@ def presented_key() -> str:
 def init_app(app: Flask) -> None:
     @app.before_request
     def _check_key():
-        key = services.get().settings.api_key
+        key = clients.get().settings.api_key
         if not key or request.path.startswith(OPEN):
             return None
         if not hmac.compare_digest(presented_key().encode(), key.encode()):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from api import services
+from api import clients
 from api.openapi import doc
 from shared.schemas import Health
 
@@ -20,8 +20,8 @@ def healthz():
 @doc(resp={"HTTP_200": Health, "HTTP_503": Health}, tags=["health"])
 def readyz():
     """Redis and object storage answer."""
-    svc, checks = services.get(), {}
-    for name, ping in (("redis", svc.jobs.ping), ("storage", svc.storage.ping)):
+    c, checks = clients.get(), {}
+    for name, ping in (("redis", c.jobs.ping), ("storage", c.storage.ping)):
         try:
             ping()
             checks[name] = "ok"

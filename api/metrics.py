@@ -6,7 +6,6 @@ from flask import Flask, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from api import services
 
 COUNTERS = {
     "jobs_submitted": "Jobs submitted",
@@ -21,15 +20,15 @@ COUNTERS = {
 
 
 class RedisCollector:
-    def __init__(self, svc):
-        self.svc = svc
+    def __init__(self, clients):
+        self.clients = clients
 
     def collect(self):
-        stats = self.svc.jobs.stats()
+        stats = self.clients.jobs.stats()
         for name, doc in COUNTERS.items():
             yield CounterMetricFamily(f"xaiq_{name}", doc, value=stats.get(name, 0.0))
         depth = GaugeMetricFamily("xaiq_queue_depth", "Work units waiting in the queue")
-        depth.add_metric([], float(self.svc.jobs.r.llen(self.svc.settings.queue)))
+        depth.add_metric([], float(self.clients.jobs.r.llen(self.clients.settings.queue)))
         yield depth
 
 

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, redirect, render_template, request, url_for
 
-from api import services
-from api.errors import ApiError
-from api.jobs import extras_of, item_of, status_of
-from shared import storage as keys
+from api import clients, records
+from shared.storage import keys
 
 bp = Blueprint("ui", __name__)
 
@@ -22,32 +20,28 @@ def jobs_page():
         resp = redirect(url_for("ui.jobs_page"))
         resp.set_cookie("xaiq_key", request.args["key"], httponly=True, samesite="Strict")
         return resp
-    svc = services.get()
-    jobs = [status_of(j) for j in svc.jobs.ids(0, 100) if svc.jobs.get(j)]
-    return render_template("jobs.html", jobs=jobs)
+    return render_template("jobs.html", jobs=records.recent(100))
 
 
 @bp.get("/ui/jobs/<job>")
 def job_page(job: str):
-    state = status_of(job)
-    st = services.get().storage
-    manifest = st.get_json(keys.job_key(job))
+    state = records.job_state(job)
+    st = clients.get().storage
+    manifest = st.get_json(keys.job(job))
     page = max(request.args.get("page", 1, type=int), 1)
     per_page = 24
     indices = range((page - 1) * per_page, min(page * per_page, len(manifest["inputs"])))
-    items = [item_of(st, job, i, manifest, state["status"]) for i in indices]
+    items = [records.item_of(st, job, i, manifest, state["status"]) for i in indices]
     for item in items:
         item["input_url"] = st.url(manifest["inputs"][item["index"]]["key"])
     more = indices.stop < len(manifest["inputs"])
     return render_template("job.html", job=state, items=items, methods=list(state["methods"]),
-                           extras=extras_of(st, job), page=page, more=more)
+                           extras=records.extras_of(st, job), page=page, more=more)
 
 
 @bp.get("/ui/audits/<audit>")
 def audit_page(audit: str):
-    state = status_of(audit)
-    if state["kind"] != "audit":
-        raise ApiError(404, f"unknown audit {audit!r} (it is a job: /ui/jobs/{audit})")
-    st = services.get().storage
-    html = st.get(f"audits/{audit}/report.html").decode() if state["status"] == "succeeded" else None
+    state = records.audit_state(audit, page=True)
+    st = clients.get().storage
+    html = st.get(keys.report(audit, "html")).decode() if state["status"] == "succeeded" else None
     return render_template("audit.html", job=state, report_html=html)

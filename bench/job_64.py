@@ -53,7 +53,8 @@ def main() -> None:
 
         from shared.settings import get_settings
         from worker import explain, images as imgs
-        from worker.pipeline import WorkerContext, run_unit
+        from worker.context import WorkerContext
+        from worker.unit import run_unit
 
         torch.set_num_threads(1)
         get_settings.cache_clear()
@@ -69,7 +70,7 @@ def main() -> None:
         in_process()
         inproc = statistics.median(in_process() for _ in range(args.repeats))
         lm = ctx.model("digits-cnn")
-        x = torch.from_numpy(imgs.normalise(np.stack([imgs.decode(b, lm.info, 2**31)[0] for _, b in images]), lm.info))
+        x = torch.from_numpy(imgs.standardize(np.stack([imgs.decode(b, lm.info, 2**31)[0] for _, b in images]), lm.info))
         y = torch.zeros(64, dtype=torch.long)
 
         def compute() -> float:

@@ -56,7 +56,7 @@ def main() -> None:
 
     from client.sdk import Client
     from client.stack import Stack, wait_for
-    from shared.celery_app import make_celery
+    from shared.messaging import make_celery
     from shared.settings import Settings
 
     root = Path(tempfile.mkdtemp(prefix="xaiq-bench-"))

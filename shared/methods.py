@@ -1,12 +1,17 @@
 """The one list of explanation methods.
 
-The API validates a job's `methods` against it, the worker dispatches from it
-(`worker.explain.<module>.explain`) and the tests parametrize over it. Adding a
-method = one module in `worker/explain/` plus one entry here.
+The API validates a job's `methods` against it (`Method.check`), the worker dispatches
+from it (`worker.explain.<name>.explain`), the tests parametrize over it (with each
+entry's `example` parameters) and the README's methods table is generated from it.
+
+Adding a method touches two places: a module `worker/explain/<name>.py` with
+`explain(model, images, labels, params) -> Explanation`, and one `Method` entry here
+(its parameter schema, flags and small example parameters). Then regenerate the
+README table (`python -m shared.methods`); the registry tests fail until both exist.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,7 +22,7 @@ class Params(BaseModel):
 
 
 class SaliencyParams(Params):
-    """|d CrossEntropy / d input|, each image's map min-max normalised (the seed's)."""
+    """|d CrossEntropy / d input|, each image's map min-max normalised (as in the course exercise)."""
 
 
 class FiltersParams(Params):
@@ -48,7 +53,7 @@ class LimeParams(Params):
     seed: int = Field(default=0, description="random seed of the perturbations")
     outputs: Literal["logits", "probabilities"] = Field(
         default="logits",
-        description="what the surrogate fits: the model's raw outputs (the seed's; min_weight=0.05 is on "
+        description="what the surrogate fits: the model's raw outputs (the course exercise's; min_weight=0.05 is on "
         "that scale) or softmax probabilities (the lime package's convention)",
     )
 
@@ -77,19 +82,54 @@ class GradCamParams(Params):
 @dataclass(frozen=True)
 class Method:
     name: str
-    module: str            # worker.explain.<module>
     params: type[Params]
-    attribution: bool      # yields a per-pixel importance map (used by audits)
-    needs_layer: bool = False
+    attribution: bool          # yields a per-pixel importance map (used by audits)
+    uses_hooks: bool = False   # reads a layer through a forward hook (needs a model that allows hooks)
+    layer_kind: str = "any"    # what `params.layer` may name: "any" layer or a "conv" layer
+    example: dict = field(default_factory=dict)  # small, fast parameters; "{layer}": a conv layer's path
+
+    @property
+    def module(self) -> str:
+        return f"worker.explain.{self.name}"
+
+    @property
+    def summary(self) -> str:
+        return (self.params.__doc__ or "").strip().splitlines()[0]
+
+    def example_params(self, layer: str) -> dict:
+        return {k: (layer if v == "{layer}" else v) for k, v in self.example.items()}
+
+    def check(self, params: dict, model: dict) -> None:
+        """Raise ValueError unless these (validated) parameters fit the model's manifest:
+        hooks allowed, the layer exists and is of the right kind, filter indices in range."""
+        if self.uses_hooks and not model.get("hooks", True):
+            raise ValueError(f"methods.{self.name}: reads a layer through a hook, which this model ({model['format']}) "
+                             "does not allow; register the architecture with its weights instead")
+        path = params.get("layer")
+        if path is None:
+            return
+        layers = {layer["path"]: layer for layer in model.get("layers", [])}
+        if path not in layers:
+            convs = [p for p, layer in layers.items() if layer.get("conv")]
+            raise ValueError(f"methods.{self.name}.layer: model {model['name']!r} has no layer {path!r}; "
+                             f"convolutional layers: {', '.join(convs) or 'none'}")
+        if self.layer_kind == "conv" and not layers[path].get("conv"):
+            raise ValueError(f"methods.{self.name}.layer: {path!r} is not a convolutional layer")
+        width = layers[path].get("out_channels")
+        for k in params.get("filters", []):
+            if width is not None and not 0 <= k < width:
+                raise ValueError(f"methods.{self.name}.filters: {k} is out of range; layer {path!r} has {width} filters")
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("saliency", "saliency", SaliencyParams, attribution=True),
-    Method("filters", "filters", FiltersParams, attribution=False, needs_layer=True),
-    Method("lime", "lime", LimeParams, attribution=True),
-    Method("smoothgrad", "smoothgrad", SmoothGradParams, attribution=True),
-    Method("integrated_gradients", "integrated_gradients", IntegratedGradientsParams, attribution=True),
-    Method("gradcam", "gradcam", GradCamParams, attribution=True, needs_layer=True),
+    Method("saliency", SaliencyParams, attribution=True),
+    Method("filters", FiltersParams, attribution=False, uses_hooks=True,
+           example={"layer": "{layer}", "filters": [0, 2, 5], "iterations": 3}),
+    Method("lime", LimeParams, attribution=True, example={"num_samples": 60, "n_segments": 20, "seed": 3}),
+    Method("smoothgrad", SmoothGradParams, attribution=True, example={"samples": 4, "seed": 1}),
+    Method("integrated_gradients", IntegratedGradientsParams, attribution=True, example={"steps": 5}),
+    Method("gradcam", GradCamParams, attribution=True, uses_hooks=True, layer_kind="conv",
+           example={"layer": "{layer}"}),
 ]}
 
 
@@ -98,3 +138,20 @@ def get(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise KeyError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+
+
+def markdown_table() -> str:
+    """The README's table of methods and their parameters (defaults), from the registry."""
+    rows = ["| method | what | parameters (default) |", "|---|---|---|"]
+    for m in METHODS.values():
+        params = []
+        for pname, f in m.params.model_fields.items():
+            default = "required" if f.is_required() else repr(f.default)
+            choices = getattr(f.annotation, "__args__", ()) if "Literal" in str(f.annotation) else ()
+            params.append(f"`{pname}` ({default}{' of ' + ', '.join(map(repr, choices)) if choices else ''})")
+        rows.append(f"| `{m.name}` | {m.summary.replace('|', chr(92) + '|')} | {', '.join(params) or '—'} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -183,6 +183,7 @@ class ModelInfo(ModelSpec):
     format: Literal["safetensors", "state_dict", "torchscript"]
     status: Literal["registering", "ready", "invalid"]
     layers: list[Layer] = []
+    hooks: bool = Field(default=True, description="layers can be read through forward hooks (filters, gradcam)")
     parameters: int | None = None
     error: str | None = None
     created: float

@@ -1,7 +1,7 @@
 """Object storage (MinIO or any S3) through the minio SDK, and the key layout.
 
-Keys (one bucket):
-  models/{name}/model.json, models/{name}/weights.{safetensors|pt}
+Every object key is spelled here, in `Keys`, and nowhere else (one bucket):
+  models/{name}/model.json, models/{name}/weights   a registered model
   inputs/{job}/{i}.png                      uploaded inputs
   jobs/{job}/job.json                       the job manifest (spec, inputs, final status)
   jobs/{job}/items/{i}/item.json            prediction, timings
@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlparse
 
@@ -121,28 +122,56 @@ def storage(s: Settings) -> Storage:
     return _per_process[key]
 
 
+@dataclass(frozen=True)
+class Keys:
+    """The object keys of the layout above."""
+
+    def model(self, name: str) -> str:
+        return f"models/{name}/model.json"
+
+    def weights(self, name: str) -> str:
+        return f"models/{name}/weights"
+
+    def models(self) -> str:
+        return "models/"
+
+    def model_name(self, key: str) -> str | None:
+        """The model a listed key under `models()` is the manifest of, else None."""
+        rest = key[len(self.models()):].split("/") if key.startswith(self.models()) else []
+        return rest[0] if len(rest) == 2 and rest[1] == "model.json" else None
+
+    def input(self, job: str, i: int) -> str:
+        return f"inputs/{job}/{i}.png"
+
+    def job(self, job: str) -> str:
+        return f"jobs/{job}/job.json"
+
+    def item(self, job: str, i: int, name: str = "item.json") -> str:
+        """`item.json`, or a method's file such as `saliency.png`."""
+        return f"jobs/{job}/items/{i}/{name}"
+
+    def unit(self, job: str, unit: int, name: str) -> str:
+        return f"jobs/{job}/units/{unit}/{name}"
+
+    def units(self, job: str) -> str:
+        return f"jobs/{job}/units/"
+
+    def audit_partial(self, job: str, unit: int) -> str:
+        return f"audits/{job}/partials/{unit}.npz"
+
+    def audit_partials(self, job: str) -> str:
+        return f"audits/{job}/partials/"
+
+    def report(self, job: str, ext: str) -> str:
+        """`json` or `html`."""
+        return f"audits/{job}/report.{ext}"
+
+
+keys = Keys()
+
+
 def record_final(st: Storage, state: dict) -> None:
     """Copy a job's final state (JobStore.get) into its manifest, the durable record."""
-    manifest = st.get_json(job_key(state["id"]))
+    manifest = st.get_json(keys.job(state["id"]))
     manifest.update({k: state[k] for k in ("status", "progress", "started", "finished", "error")})
-    st.put_json(job_key(state["id"]), manifest)
-
-
-def input_key(job: str, i: int) -> str:
-    return f"inputs/{job}/{i}.png"
-
-
-def job_key(job: str) -> str:
-    return f"jobs/{job}/job.json"
-
-
-def item_prefix(job: str, i: int) -> str:
-    return f"jobs/{job}/items/{i}"
-
-
-def unit_prefix(job: str, unit: int) -> str:
-    return f"jobs/{job}/units/{unit}"
-
-
-def model_prefix(name: str) -> str:
-    return f"models/{name}"
+    st.put_json(keys.job(state["id"]), manifest)

@@ -1,5 +1,6 @@
-"""Real parts for the tests: one Redis, one S3 server (SeaweedFS, credentials checked),
-one API (gunicorn) and one Celery worker process per test session."""
+"""Real parts for the tests, layered like the code: a Redis server (`redis_url`), an S3
+server (SeaweedFS, credentials checked; `settings`), and the API under gunicorn with a
+Celery worker process (`stack`), each started once per session when a test needs it."""
 from __future__ import annotations
 
 import io
@@ -16,27 +17,21 @@ from PIL import Image
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
+def _dump_logs(s) -> None:
+    for log in s.logs.glob("*.log"):
+        print(f"--- {log.name}\n{log.read_text()[-3000:]}")
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory):
+def services(tmp_path_factory):
+    """The session's processes, started on demand by the fixtures below: Redis alone for
+    job-state tests, Redis and the S3 server for storage tests, the API and a worker on
+    top of them for end-to-end tests."""
     from client.stack import Stack
 
-    root = tmp_path_factory.mktemp("stack")
-    s = Stack(root, workers=1, api_port=0, s3_port=0, api_key=secrets.token_urlsafe(12),
-              torch_threads=1, extra_env={"XAIQ_UNIT_SIZE": "16", "XAIQ_UNIT_RETRIES": "1"})
-    try:
-        s.start()
-    except Exception:
-        for log in s.logs.glob("*.log"):
-            print(f"--- {log.name}\n{log.read_text()[-3000:]}")
-        s.stop()
-        raise
-    env = s.env(XAIQ_UNIT_SIZE="16", XAIQ_UNIT_RETRIES="1")
-    for k, v in env.items():
-        if k.startswith("XAIQ_"):
-            os.environ[k] = v
-    from shared.settings import get_settings
-
-    get_settings.cache_clear()
+    s = Stack(tmp_path_factory.mktemp("stack"), workers=1, api_port=0, s3_port=0,
+              api_key=secrets.token_urlsafe(12), torch_threads=1,
+              extra_env={"XAIQ_UNIT_SIZE": "16", "XAIQ_UNIT_RETRIES": "1"})
     yield s
     s.stop()
     if os.environ.get("CI"):
@@ -45,10 +40,40 @@ def stack(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def settings(stack):
-    from shared.settings import Settings
+def redis_url(services) -> str:
+    """A Redis server of the session's own."""
+    services.start_redis()
+    return services.redis_url
 
+
+@pytest.fixture(scope="session")
+def settings(services, redis_url):
+    """Settings of the session's Redis and S3 server (also exported as XAIQ_* for the
+    code under test that reads them from the environment)."""
+    try:
+        services.start_s3()
+    except Exception:
+        _dump_logs(services)
+        raise
+    for k, v in services.env().items():
+        if k.startswith("XAIQ_"):
+            os.environ[k] = v
+    from shared.settings import Settings, get_settings
+
+    get_settings.cache_clear()
     return Settings()
+
+
+@pytest.fixture(scope="session")
+def stack(services, settings):
+    """The whole service: the API under gunicorn and one Celery worker process."""
+    try:
+        services.start_api()
+        services.start_worker(0)
+    except Exception:
+        _dump_logs(services)
+        raise
+    return services
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +124,6 @@ def digit_pngs():
 @pytest.fixture(scope="session")
 def digits_torch():
     """The digits model in this process, for independent reference computations."""
-    import torch
     from safetensors.torch import load_file
 
     from worker.models.architectures import DigitsCNN

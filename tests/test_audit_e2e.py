@@ -9,47 +9,16 @@ import zipfile
 import numpy as np
 import pytest
 import requests
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from tests.conftest import wait_final
-from worker.models.digits import MEAN, STD, digit_images
-
-PATCH = (1, 1, 5, 5)  # x0, y0, x1, y1 in the 32x32 input: a corner where digits have no ink
-CLASS = 3
+from tests.planted import CLASS, dataset, patch_overlap, train
+from worker.models.digits import digit_images
 
 
-def dataset(planted: bool) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = digit_images()
-    x = np.stack([np.asarray(i, np.uint8) for i in images])
-    if planted:
-        x0, y0, x1, y1 = PATCH
-        x[labels == CLASS, y0:y1, x0:x1] = 255
-    return x, labels
-
-
-def train(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = 4) -> bytes:
+def weights(x: np.ndarray, y: np.ndarray) -> bytes:
     from safetensors.torch import save
 
-    from worker.models.architectures import DigitsCNN
-
-    torch.manual_seed(seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        X = (torch.tensor(x, dtype=torch.float32)[:, None] / 255 - MEAN) / STD
-        Y = torch.tensor(y)
-        model = DigitsCNN()
-        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-        for epoch in range(epochs):
-            for b in torch.randperm(len(X), generator=torch.Generator().manual_seed(seed + epoch)).split(64):
-                opt.zero_grad()
-                F.cross_entropy(model(X[b]), Y[b]).backward()
-                opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    return save(model.state_dict())
+    return save(train(x, y).state_dict())
 
 
 def zip_of(x: np.ndarray, y: np.ndarray, classes: list[str]) -> bytes:
@@ -85,7 +54,7 @@ def planted_audits(client, digits_model):
     for planted in (True, False):
         x, y = dataset(planted)
         name = f"digits-{'planted' if planted else 'clean'}"
-        register(client, name, train(x, y))
+        register(client, name, weights(x, y))
         out[planted] = run_audit(client, name, zip_of(x, y, [str(c) for c in range(10)]),
                                  options={"faithfulness_steps": 8, "sanity_sample": 8}, unit_size=64)
     return out
@@ -100,10 +69,7 @@ def test_planted_shortcut_is_flagged_with_its_class_and_region(planted_audits):
     assert {f["class"] for f in report["flags"]} == {CLASS}
     for flag in report["flags"]:
         assert flag["kind"] == "shortcut"
-        x0, y0, x1, y1 = flag["evidence"]["region"]["pixels"]
-        px0, py0, px1, py1 = PATCH
-        inter = max(0, min(x1, px1) - max(x0, px0)) * max(0, min(y1, py1) - max(y0, py0))
-        assert inter >= 0.5 * (px1 - px0) * (py1 - py0), (flag["evidence"]["region"], PATCH)
+        assert patch_overlap(flag["evidence"]["region"]["pixels"]) >= 0.5, flag["evidence"]["region"]
         assert len(flag["evidence"]["image_indices"]) >= 8
 
 
@@ -141,7 +107,7 @@ def test_audit_from_a_bucket_prefix_and_errors(client, digits_model, settings, h
     assert r.status_code == 202, r.text
     audit = r.json()["id"]
     early = client.session.get(f"{client.server}/v1/audits/{audit}/report")
-    assert early.status_code in (409, 200)
+    assert early.status_code == 409, early.text   # the report is written after every image
     state = client.wait(audit, timeout=300, path="/v1/audits")
     assert state["status"] == "succeeded" and state["progress"]["done"] == 40
     assert client.report(audit)["report"]["n_images"] == 40

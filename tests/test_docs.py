@@ -33,3 +33,20 @@ def test_quick_start_has_the_two_commands():
     quick = README.split("## Quick start", 1)[1].split("##", 1)[0]
     assert "bash scripts/demo" in quick and "bash scripts/test" in quick
     assert (Path(__file__).resolve().parent.parent / ".ci/run").read_text().count("scripts/test") == 1
+
+
+def test_methods_table_is_the_registrys():
+    from shared.methods import markdown_table
+
+    assert markdown_table() in README, "regenerate the README's table with: python -m shared.methods"
+
+
+def test_folder_list_matches_the_tree():
+    root = Path(__file__).resolve().parent.parent
+    folders = README.split("Folders:", 1)[1].split("## ", 1)[0]
+    for pkg in ("api", "shared", "worker"):
+        for path in sorted((root / pkg).glob("*.py")):
+            if path.stem != "__init__":
+                assert f"`{path.name}`" in folders or f"`{path.stem}`" in folders, path
+    for sub in ("explain", "models", "audit"):
+        assert f"`{sub}/`" in folders

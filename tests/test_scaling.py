@@ -8,7 +8,7 @@ def test_two_workers_both_take_units_of_one_job(client, stack, digits_model, dig
     stack.start_worker(1)
     try:
         # Wait until the second worker answers, so both can take units from the start.
-        from shared.celery_app import make_celery
+        from shared.messaging import make_celery
         from shared.settings import Settings
 
         app = make_celery(Settings())

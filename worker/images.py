@@ -29,7 +29,8 @@ def decode(data: bytes, info: dict, max_pixels: int) -> tuple[np.ndarray, tuple[
     return arr, size
 
 
-def normalise(batch: np.ndarray, info: dict) -> np.ndarray:
+def standardize(batch: np.ndarray, info: dict) -> np.ndarray:
+    """Pixels in [0, 1] -> the model's input: (x - mean) / std per channel."""
     mean = np.asarray(info["mean"], np.float32)[:, None, None]
     std = np.asarray(info["std"], np.float32)[:, None, None]
     return (batch - mean) / std

@@ -1,4 +1,4 @@
-"""Thin Celery tasks: account the unit, call the pipeline, count, finish the job."""
+"""Thin Celery tasks: account the unit, run it (worker.unit), count, finish the job."""
 from __future__ import annotations
 
 import logging
@@ -7,12 +7,13 @@ import time
 
 from celery.signals import worker_process_init
 
-from shared.celery_app import AUDIT_REPORT, AUDIT_UNIT, EXPLAIN_UNIT, INSPECT_MODEL
+from shared.messaging import AUDIT_REPORT, AUDIT_UNIT, EXPLAIN_UNIT, INSPECT_MODEL
 from shared.settings import get_settings
 from worker import metrics
-from worker.celery_app import app
+from worker.app import app
+from worker.context import WorkerContext
 from worker.models.loading import inspect
-from worker.pipeline import Cancelled, WorkerContext, finish_job, run_unit
+from worker.unit import Cancelled, finish_job, run_unit
 
 log = logging.getLogger("xaiq.worker")
 _ctx: WorkerContext | None = None
@@ -49,7 +50,7 @@ def explain_unit(self, job: str, unit: int, first: int, count: int) -> str:
 
 @app.task(name=AUDIT_UNIT, bind=True)
 def audit_unit(self, job: str, unit: int, first: int, count: int) -> str:
-    from worker.audit.service import on_batch
+    from worker.audit.job import on_batch
 
     return run_work_unit(self, job, unit, first, count, on_batch)
 
@@ -95,7 +96,7 @@ def run_work_unit(self, job: str, unit: int, first: int, count: int, audit_hook=
 
 @app.task(name=AUDIT_REPORT, bind=True)
 def audit_report(self, job: str) -> str:
-    from worker.audit.service import write_report
+    from worker.audit.job import write_report
 
     ctx = context()
     try:

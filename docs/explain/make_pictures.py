@@ -38,7 +38,7 @@ def main() -> None:
     y = torch.tensor(labels[pick])
 
     cols = {
-        "input": E.base.to_numpy(E.base.rgb(E.base.normalize(x))),
+        "input": E.pictures.to_numpy(E.pictures.rgb(E.pictures.normalize(x))),
         "saliency": E.run("saliency", model, x, y).pictures,
         "smoothgrad": E.run("smoothgrad", model, x, y).pictures,
         "integrated_gradients": E.run("integrated_gradients", model, x, y).pictures,

@@ -317,7 +317,7 @@ def test_worker_policies(resolved, fileset):
             f"{name}: stop_grace_period shorter than a unit may take"
         assert svc.get("restart") == "unless-stopped", name
         cmd = svc["command"]
-        assert cmd[:3] == ["celery", "-A", "worker.celery_app"], name
+        assert cmd[:3] == ["celery", "-A", "worker.app"], name
         assert cmd[cmd.index("-Q") + 1] == Settings.model_fields["queue"].default, name
         if name not in gpu_workers(resolved[fileset]):
             assert env_of(svc)["XAIQ_DEVICE"] == "cpu", name

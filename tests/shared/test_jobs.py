@@ -8,10 +8,11 @@ import pytest
 
 
 @pytest.fixture()
-def store(settings):
+def store(redis_url):
     from shared.jobs import JobStore
+    from shared.settings import Settings
 
-    return JobStore(settings)
+    return JobStore(Settings(redis_url=redis_url))
 
 
 def new(store, units=3, total=10):

@@ -7,7 +7,7 @@ normalised maps at `map_size` (mean maps), a small per-image map at `thumb_size`
 (float16, for shortcut clustering) and 4 faithfulness floats per image
 (deletion, insertion, deletion_random, insertion_random; NaN if not computed).
 
-Normalised map = relevance mass distribution (Arras et al. 2022, "CLEVR-XAI",
+Pooled map = relevance mass distribution (Arras et al. 2022, "CLEVR-XAI",
 https://doi.org/10.1016/j.inffus.2021.11.008): negatives clipped to 0, average-pooled
 to the small size, divided by its sum (all-zero -> uniform), then scaled by the
 number of cells so that a uniform map is 1 everywhere (well inside float16 range).
@@ -33,18 +33,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .shortcuts import mass_maps
+
 FAITH_KEYS = ("deletion", "insertion", "deletion_random", "insertion_random")
 FORMAT = "xaiq.audit.partial/1"
 
 
-def normalise_maps(heatmaps, size: int) -> np.ndarray:
-    """(N, H, W) importance -> (N, size, size) float32 mass maps scaled to mean 1."""
-    h = torch.as_tensor(np.asarray(heatmaps, np.float32))
-    h = torch.nan_to_num(h).clamp_min(0)[:, None]
-    h = F.adaptive_avg_pool2d(h, size)[:, 0].double()
-    s = h.sum(dim=(1, 2), keepdim=True)
-    h = torch.where(s > 0, h / torch.where(s > 0, s, torch.ones_like(s)), torch.full_like(h, 1.0 / size**2))
-    return (h * size**2).float().numpy()
+def pooled_mass_maps(heatmaps, size: int) -> np.ndarray:
+    """(N, H, W) importance -> (N, size, size) float32: the positive part average-pooled,
+    as a relevance mass distribution (`shortcuts.mass_maps`) scaled to mean 1."""
+    h = torch.as_tensor(np.nan_to_num(np.asarray(heatmaps, np.float32))).clamp_min(0)[:, None]
+    pooled = F.adaptive_avg_pool2d(h, size)[:, 0].double().numpy()
+    return (mass_maps(pooled) * size**2).astype(np.float32)
 
 
 @dataclass
@@ -92,9 +92,9 @@ class Partial:
                 confidence=probs.max(1))
         np.add.at(p.confusion, (labels, preds), 1)
         for m in methods:
-            big = normalise_maps(heatmaps[m], map_size)
+            big = pooled_mass_maps(heatmaps[m], map_size)
             np.add.at(p.map_sums[m], labels, big.astype(np.float64))
-            p.thumbs[m] = normalise_maps(heatmaps[m], thumb_size).astype(np.float16)
+            p.thumbs[m] = pooled_mass_maps(heatmaps[m], thumb_size).astype(np.float16)
             f = (faithfulness or {}).get(m)
             p.faith[m] = (np.stack([np.asarray(f[k], np.float32) for k in FAITH_KEYS], 1) if f is not None
                           else np.full((len(labels), 4), np.nan, np.float32))

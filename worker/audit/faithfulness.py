@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-KEYS = ("deletion", "insertion", "deletion_random", "insertion_random")
+from worker.explain.batching import device_of, probabilities
+
 Predict = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
 
 
@@ -40,13 +41,8 @@ def auc(curve: np.ndarray) -> np.ndarray:
 
 def predict_fn(model: torch.nn.Module, device: str | torch.device | None = None) -> Predict:
     """A `predict(x) -> softmax probabilities` for a classifier returning logits."""
-    device = device or next(model.parameters()).device
-
-    @torch.no_grad()
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(model(x.to(device)), dim=1)
-
-    return predict
+    device = device or device_of(model)
+    return lambda x: probabilities(model, x.to(device), chunk=len(x) or 1)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
@@ -80,6 +76,27 @@ def _ranks(order: torch.Tensor) -> torch.Tensor:
     ranks = torch.empty_like(order)
     ar = torch.arange(order.shape[1], device=order.device).expand_as(order)
     return ranks.scatter_(1, order, ar)
+
+
+def _track(x, ranks, counts, base, targets, predict, batch_size) -> torch.Tensor:
+    """The target's probability at every state s = (variant v, image i, step k), in
+    batches; v: 0 deletion/attribution, 1 insertion/attribution, 2 and 3 the same in
+    random order. Returns (4 * N * (steps + 1),) float32 on the CPU."""
+    n, _, h, w = x.shape
+    steps1 = len(counts)
+    total = 4 * n * steps1
+    probs = torch.empty(total, dtype=torch.float32)
+    for start in range(0, total, batch_size):
+        s = torch.arange(start, min(start + batch_size, total), device=x.device)
+        v, rest = s // (n * steps1), s % (n * steps1)
+        i, k = rest // steps1, rest % steps1
+        mode, ordering = v % 2, v // 2                                      # mode 0 = deletion
+        changed = (ranks[ordering, i] < counts[k, None]).view(-1, 1, h, w)  # pixels taken so far
+        keep_img = torch.where(mode.view(-1, 1, 1, 1) == 0, ~changed, changed)
+        batch = torch.where(keep_img, x[i], base[mode, i])
+        p = torch.as_tensor(predict(batch)).float()
+        probs[start:start + len(s)] = p.gather(1, targets[i].view(-1, 1)).squeeze(1).cpu()
+    return probs
 
 
 def deletion_insertion(
@@ -117,20 +134,7 @@ def deletion_insertion(
     counts = torch.round(torch.linspace(0, h * w, steps + 1)).long().to(x.device)  # pixels changed
     base = torch.stack([make_baseline(x, deletion_baseline), make_baseline(x, insertion_baseline)])
 
-    # state s = (variant v, image i, step k); v: 0 del/attr, 1 ins/attr, 2 del/rand, 3 ins/rand
-    total = 4 * n * (steps + 1)
-    probs = torch.empty(total, dtype=torch.float32)
-    for start in range(0, total, batch_size):
-        s = torch.arange(start, min(start + batch_size, total), device=x.device)
-        v, rest = s // (n * (steps + 1)), s % (n * (steps + 1))
-        i, k = rest // (steps + 1), rest % (steps + 1)
-        mode, ordering = v % 2, v // 2                                      # mode 0 = deletion
-        changed = (ranks[ordering, i] < counts[k, None]).view(-1, 1, h, w)  # pixels taken so far
-        img, b = x[i], base[mode, i]
-        keep_img = torch.where(mode.view(-1, 1, 1, 1) == 0, ~changed, changed)
-        batch = torch.where(keep_img, img, b)
-        p = torch.as_tensor(predict(batch)).float()
-        probs[start:start + len(s)] = p.gather(1, targets[i].view(-1, 1)).squeeze(1).cpu()
+    probs = _track(x, ranks, counts, base, targets, predict, batch_size)
     curves = probs.view(4, n, steps + 1).numpy()
     aucs = auc(curves).astype(np.float32)
     out = {"deletion": aucs[0], "insertion": aucs[1], "deletion_random": aucs[2], "insertion_random": aucs[3]}

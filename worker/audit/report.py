@@ -287,20 +287,9 @@ def _fmt(v) -> str:
     return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
 
 
-def render_html(report: dict, examples: dict[int, np.ndarray] | None = None) -> str:
-    """One self-contained HTML page. examples: dataset index -> image ((H, W), (H, W, 3) or
-    (C, H, W), in [0, 1] or 0..255) for the flagged images (see `example_indices`)."""
-    examples = examples or {}
+def _html_flags(report: dict, examples: dict[int, np.ndarray]) -> list[str]:
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>xaiq audit</title><style>{_CSS}</style></head><body>",
-             "<h1>xaiq dataset audit</h1>",
-             f"<p>{report['n_images']} images, {report['n_classes']} classes, methods: "
-             f"{e(', '.join(report['methods']))}. Created {e(report['created'])}. "
-             f"Accuracy <b>{report['accuracy']:.3f}</b>.</p>"]
-    if report["meta"]:
-        parts.append("<p>" + ", ".join(f"{e(str(k))}: <code>{e(str(v))}</code>" for k, v in report["meta"].items()) + "</p>")
-
-    parts.append(f"<h2>Shortcut flags ({len(report['flags'])})</h2>")
+    parts = [f"<h2>Shortcut flags ({len(report['flags'])})</h2>"]
     if not report["flags"]:
         parts.append("<p class='ok'>No class's attribution concentrates on a small region that other images do not use.</p>")
     for f in report["flags"]:
@@ -311,35 +300,55 @@ def render_html(report: dict, examples: dict[int, np.ndarray] | None = None) -> 
             f"{s['area_frac']:.1%} of the image, {s['lift']:.1f}x the rest of the data set; consistent in "
             f"{s['consistency']:.0%} of {s['cluster_size']} images (class size {s['class_size']}).<br>"
             + _img_tag(fig_flag(f, report["input_size"], examples), "cluster prototype and examples") + "</div>")
+    return parts
 
+
+def _html_faithfulness(report: dict) -> list[str]:
+    e = html.escape
+    parts = ["<h2>Faithfulness: deletion / insertion AUC</h2><p>Petsiuk et al. 2018: pixels removed (inserted) in "
+             "order of attribution; lower deletion and higher insertion than a random order mean the map "
+             "points at what the model uses.</p>",
+             "<table><tr><th>method</th><th>n</th><th>deletion</th><th>random</th><th>beats random</th>"
+             "<th>insertion</th><th>random</th><th>beats random</th></tr>" + "".join(
+                 f"<tr><td>{e(m)}</td><td>{o['n']}</td><td>{_fmt(o['deletion'])}</td><td>{_fmt(o['deletion_random'])}</td>"
+                 f"<td>{_fmt(o['deletion_beats_random'])}</td><td>{_fmt(o['insertion'])}</td>"
+                 f"<td>{_fmt(o['insertion_random'])}</td><td>{_fmt(o['insertion_beats_random'])}</td></tr>"
+                 for m in report["methods"] for o in [report["per_method"][m]["faithfulness"]["overall"]]) + "</table>"]
+    if any(report["per_method"][m]["faithfulness"]["overall"]["n"] for m in report["methods"]):
+        parts.append(_img_tag(fig_auc(report), "AUC distributions"))
+    return parts
+
+
+def _html_sanity(report: dict) -> list[str]:
+    parts = ["<h2>Sanity check: cascading model randomisation</h2>"]
+    if not report["sanity"]:
+        return parts + ["<p>Not run.</p>"]
+    parts.append("<p>Adebayo et al. 2018: weights re-initialised from the top layer down; a method that explains "
+                 "the model must change (rank correlation drops).</p>" + _img_tag(fig_sanity(report), "sanity check"))
+    parts.append("<ul>" + "".join(
+        f"<li>{html.escape(s['method'])}: final Spearman {s['final_spearman']:.3f} — "
+        f"<span class='{'ok' if s['passed'] else 'bad'}'>{'passes' if s['passed'] else 'FAILS'}</span> "
+        f"(threshold {s['pass_threshold']})</li>" for s in report["sanity"]) + "</ul>")
+    return parts
+
+
+def render_html(report: dict, examples: dict[int, np.ndarray] | None = None) -> str:
+    """One self-contained HTML page. examples: dataset index -> image ((H, W), (H, W, 3) or
+    (C, H, W), in [0, 1] or 0..255) for the flagged images (see `example_indices`)."""
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>xaiq audit</title><style>{_CSS}</style></head><body>",
+             "<h1>xaiq dataset audit</h1>",
+             f"<p>{report['n_images']} images, {report['n_classes']} classes, methods: "
+             f"{e(', '.join(report['methods']))}. Created {e(report['created'])}. "
+             f"Accuracy <b>{report['accuracy']:.3f}</b>.</p>"]
+    if report["meta"]:
+        parts.append("<p>" + ", ".join(f"{e(str(k))}: <code>{e(str(v))}</code>" for k, v in report["meta"].items()) + "</p>")
+    parts += _html_flags(report, examples or {})
     parts.append("<h2>Accuracy</h2>" + _img_tag(fig_confusion(report), "confusion matrix"))
     parts.append("<table><tr><th>class</th><th>images</th><th>correct</th><th>accuracy</th></tr>" + "".join(
         f"<tr><td>{e(p['name'])}</td><td>{p['count']}</td><td>{p['correct']}</td><td>{_fmt(p['accuracy'])}</td></tr>"
         for p in report["per_class"]) + "</table>")
-
     parts.append("<h2>Mean attribution per class</h2>" + _img_tag(fig_mean_maps(report), "mean maps"))
-
-    parts.append("<h2>Faithfulness: deletion / insertion AUC</h2><p>Petsiuk et al. 2018: pixels removed (inserted) in "
-                 "order of attribution; lower deletion and higher insertion than a random order mean the map "
-                 "points at what the model uses.</p>")
-    parts.append("<table><tr><th>method</th><th>n</th><th>deletion</th><th>random</th><th>beats random</th>"
-                 "<th>insertion</th><th>random</th><th>beats random</th></tr>" + "".join(
-                     f"<tr><td>{e(m)}</td><td>{o['n']}</td><td>{_fmt(o['deletion'])}</td><td>{_fmt(o['deletion_random'])}</td>"
-                     f"<td>{_fmt(o['deletion_beats_random'])}</td><td>{_fmt(o['insertion'])}</td>"
-                     f"<td>{_fmt(o['insertion_random'])}</td><td>{_fmt(o['insertion_beats_random'])}</td></tr>"
-                     for m in report["methods"] for o in [report["per_method"][m]["faithfulness"]["overall"]]) + "</table>")
-    if any(report["per_method"][m]["faithfulness"]["overall"]["n"] for m in report["methods"]):
-        parts.append(_img_tag(fig_auc(report), "AUC distributions"))
-
-    parts.append("<h2>Sanity check: cascading model randomisation</h2>")
-    if report["sanity"]:
-        parts.append("<p>Adebayo et al. 2018: weights re-initialised from the top layer down; a method that explains "
-                     "the model must change (rank correlation drops).</p>" + _img_tag(fig_sanity(report), "sanity check"))
-        parts.append("<ul>" + "".join(
-            f"<li>{e(s['method'])}: final Spearman {s['final_spearman']:.3f} — "
-            f"<span class='{'ok' if s['passed'] else 'bad'}'>{'passes' if s['passed'] else 'FAILS'}</span> "
-            f"(threshold {s['pass_threshold']})</li>" for s in report["sanity"]) + "</ul>")
-    else:
-        parts.append("<p>Not run.</p>")
+    parts += _html_faithfulness(report) + _html_sanity(report)
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -176,6 +176,52 @@ def evaluate_group(m: np.ndarray, q: np.ndarray, params: ShortcutParams) -> dict
     }
 
 
+class _Groups:
+    """Evaluates groups of one dataset's mass maps against the rest of the dataset."""
+
+    def __init__(self, m: np.ndarray, params: ShortcutParams, input_size: tuple[int, int]):
+        self.m, self.params, self.input_size = m, params, input_size
+        self.grid = m.shape[1:]
+        self.total = m.sum(0)
+        self.uniform = np.full(self.grid, 1.0 / (self.grid[0] * self.grid[1]))
+
+    def evaluate(self, members: np.ndarray) -> tuple[dict, bool]:
+        p, group, rest = self.params, self.m[members], len(self.m) - len(members)
+        q = (self.total - group.sum(0)) / rest if rest else self.uniform
+        q = (1 - p.ref_smoothing) * q + p.ref_smoothing * self.uniform
+        ev = evaluate_group(group, q, p)
+        ok = (ev["mass"] >= p.min_mass and ev["area_frac"] <= p.max_area_frac
+              and ev["lift"] >= p.min_lift and ev["consistency"] >= p.min_consistency)
+        return ev, ok
+
+    def candidates(self, sample: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """The whole (sampled) class and each of its clusters big enough to count."""
+        assign = cluster(self.m[sample], self.params)
+        groups = [("class", sample)]
+        if np.unique(assign).size > 1:
+            groups += [(f"cluster {k}", sample[assign == k]) for k in np.unique(assign)]
+        min_size = max(self.params.min_cluster_size, self.params.min_cluster_frac * len(sample))
+        return [(name, members) for name, members in groups if len(members) >= min_size]
+
+    def merge_overlapping(self, found: list[tuple]) -> list[tuple]:
+        """Flagged groups of one class for the same region are one finding: merged while the union still passes."""
+        kept: list[tuple] = []
+        for name, members, ev in sorted(found, key=lambda g: -len(g[1])):
+            box = _to_input(ev["box"], self.grid, self.input_size)
+            j = next((j for j, k in enumerate(kept)
+                      if _iou(box, _to_input(k[2]["box"], self.grid, self.input_size)) > 0.3), None)
+            if j is None:
+                kept.append((name, members, ev))
+                continue
+            kname, kmembers, _ = kept[j]
+            union = np.union1d(kmembers, members)
+            if len(union) > len(kmembers):
+                uev, uok = self.evaluate(union)
+                if uok:
+                    kept[j] = (kname if kname == "class" else "clusters", union, uev)
+        return kept
+
+
 def detect_shortcuts(
     maps: np.ndarray,
     labels: np.ndarray,
@@ -192,58 +238,23 @@ def detect_shortcuts(
     (default: the map size). Returns a list of flag dicts (see REPORT.md), or
     (flags, candidates) with every evaluated group if `return_candidates`."""
     m = mass_maps(maps)
-    n, gh, gw = m.shape
     labels = np.asarray(labels)
-    indices = np.arange(n) if indices is None else np.asarray(indices)
-    input_size = tuple(input_size or (gh, gw))
-    uniform = np.full((gh, gw), 1.0 / (gh * gw))
+    indices = np.arange(len(m)) if indices is None else np.asarray(indices)
+    groups = _Groups(m, params, tuple(input_size or m.shape[1:]))
     rng = np.random.default_rng(params.seed)
     flags, candidates = [], []
-    total = m.sum(0)
-
-    def evaluate(members):
-        group = m[members]
-        rest = n - len(members)
-        q = (total - group.sum(0)) / rest if rest else uniform
-        q = (1 - params.ref_smoothing) * q + params.ref_smoothing * uniform
-        ev = evaluate_group(group, q, params)
-        ok = (ev["mass"] >= params.min_mass and ev["area_frac"] <= params.max_area_frac
-              and ev["lift"] >= params.min_lift and ev["consistency"] >= params.min_consistency)
-        return ev, ok
-
     for c in np.unique(labels):
         in_c = np.flatnonzero(labels == c)
         sample = in_c if len(in_c) <= params.max_per_class else np.sort(rng.choice(in_c, params.max_per_class, replace=False))
-        assign = cluster(m[sample], params)
-        groups = [("class", sample)] + [(f"cluster {k}", sample[assign == k]) for k in np.unique(assign)
-                                         if np.unique(assign).size > 1]
-        min_size = max(params.min_cluster_size, params.min_cluster_frac * len(sample))
         found = []   # (name, members, ev), flagged
-        for name, members in groups:
-            if len(members) < min_size:
-                continue
-            ev, ok = evaluate(members)
+        for name, members in groups.candidates(sample):
+            ev, ok = groups.evaluate(members)
             candidates.append({"class": int(c), "group": name, "n_images": len(members), "flagged": ok,
                                **{k: v for k, v in ev.items() if k != "prototype"}})
             if ok:
                 found.append((name, members, ev))
-        # clusters flagged for the same region are one finding: merge them while the union still passes
-        found.sort(key=lambda g: -len(g[1]))
-        kept: list[tuple] = []
-        for name, members, ev in found:
-            box = _to_input(ev["box"], (gh, gw), input_size)
-            for j, (kname, kmembers, kev) in enumerate(kept):
-                if _iou(box, _to_input(kev["box"], (gh, gw), input_size)) > 0.3:
-                    union = np.union1d(kmembers, members)
-                    if len(union) > len(kmembers):
-                        uev, uok = evaluate(union)
-                        if uok:
-                            kept[j] = (kname if kname == "class" else "clusters", union, uev)
-                    break
-            else:
-                kept.append((name, members, ev))
-        flags += [_flag(int(c), name, members, ev, indices, (gh, gw), input_size, params,
-                        method, class_names, len(in_c)) for name, members, ev in kept]
+        flags += [_flag(int(c), name, members, ev, indices, groups.grid, groups.input_size, params,
+                        method, class_names, len(in_c)) for name, members, ev in groups.merge_overlapping(found)]
     return (flags, candidates) if return_candidates else flags
 
 

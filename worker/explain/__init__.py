@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Explanation
+from .result import Explanation
 from .filters import FilterExplanation, filter_explanation
 from .gradcam import gradcam
 from .integrated_gradients import integrated_gradients
@@ -33,5 +33,5 @@ def run(method_name: str, model, images, labels, params=None) -> Explanation:
     method = get(method_name)
     if not isinstance(params, method.params):
         params = method.params.model_validate(params or {})
-    module = importlib.import_module(f"{__name__}.{method.module}")
+    module = importlib.import_module(method.module)
     return module.explain(model, images, labels, params)

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import (Explanation, auto_batch_size, capture, evaluating, normalize, prepare, rgb,
-                   run_until, to_numpy)
+from .batching import auto_batch_size, prepare
+from .hooks import capture, evaluating, run_until
+from .pictures import normalize, rgb, to_numpy
+from .result import Explanation
 
 
 @dataclass

@@ -11,7 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Explanation, capture, evaluating, layer_of, overlay, prepare, to_numpy, upsample
+from .batching import prepare
+from .hooks import capture, evaluating, layer_of
+from .pictures import overlay, to_numpy, upsample
+from .result import Explanation
 
 
 def gradcam_tensor(model: nn.Module, images: torch.Tensor, labels=None, layer: str | None = None):

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import Explanation, auto_batch_size, evaluating, overlay, predicted, prepare, to_numpy
+from .batching import predicted, prepare
+from .gradients import over_copies
+from .hooks import evaluating
+from .pictures import overlay, to_numpy
+from .result import Explanation
 
 
 def baseline_of(x: torch.Tensor, baseline: str) -> torch.Tensor:
@@ -27,26 +30,16 @@ def baseline_of(x: torch.Tensor, baseline: str) -> torch.Tensor:
 
 def integrated_gradients_tensor(model, images, labels=None, steps=50, baseline="zeros", batch_size=None):
     x, y = prepare(model, images, labels)
-    n, shape = len(x), x.shape[1:]
     leg_x, leg_w = np.polynomial.legendre.leggauss(steps)
-    alphas = torch.tensor(0.5 * (1 + leg_x), dtype=torch.float32, device=x.device)
-    weights = torch.tensor(0.5 * leg_w, dtype=torch.float32, device=x.device)
+    alphas = torch.tensor(0.5 * (1 + leg_x), dtype=torch.float32, device=x.device).view(1, -1, 1, 1, 1)
+    weights = torch.tensor(0.5 * leg_w, dtype=torch.float32, device=x.device).view(1, -1, 1, 1, 1)
     with evaluating(model):
         if y is None:
             y = predicted(model, x)
         b = baseline_of(x, baseline)
-        per = max(1, (batch_size or auto_batch_size(model, x[0], grad=True)) // steps)
-        out = torch.zeros_like(x)
-        for i in range(0, n, per):
-            xi, bi, yi = x[i:i + per], b[i:i + per], y[i:i + per]
-            k = len(xi)
-            path = (bi[:, None] + alphas.view(1, -1, 1, 1, 1) * (xi - bi)[:, None]).reshape(k * steps, *shape)
-            path.requires_grad_(True)
-            logp = F.log_softmax(model(path).float(), 1)
-            score = logp.gather(1, yi.repeat_interleave(steps)[:, None]).sum()
-            (g,) = torch.autograd.grad(score, path)
-            avg = (g.reshape(k, steps, *shape) * weights.view(1, -1, 1, 1, 1)).sum(1)
-            out[i:i + k] = (xi - bi) * avg
+        out = over_copies(model, x, y, steps,
+                          make=lambda s: b[s, None] + alphas * (x[s] - b[s])[:, None],
+                          reduce=lambda g, s: (x[s] - b[s]) * (g * weights).sum(1), batch_size=batch_size)
     return out, y
 
 

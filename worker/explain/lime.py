@@ -20,7 +20,10 @@ import torch
 from sklearn.metrics import pairwise_distances
 from torch import nn
 
-from .base import Explanation, auto_batch_size, evaluating, normalize, prepare, rgb, run_chunked, to_numpy
+from .batching import auto_batch_size, prepare, run_chunked
+from .hooks import evaluating
+from .pictures import normalize, rgb, to_numpy
+from .result import Explanation
 from .lime_base import ridge, select_features
 
 
@@ -84,48 +87,42 @@ class LimeExplanation:
         return temp, mask
 
 
-@torch.inference_mode()
-def lime(model: nn.Module, image: torch.Tensor, num_samples: int = 1000, n_segments: int = 100,
-         compactness: float = 1.0, sigma: float = 1.0, seed: int | None = None, labels=None,
-         top_labels: int | None = 5, batch_size: int | None = None, segmentation_fn=None,
-         num_features: int = 100000, feature_selection: str = "auto", kernel_width: float = 0.25,
-         outputs: str = "logits") -> LimeExplanation:
-    """Explain ONE image (C,H,W) as the model takes it. labels: explain these classes;
-    None: the `top_labels` most probable. segmentation_fn: (H,W,C) numpy -> (H,W) ints
-    (default: `slic_segments`). batch_size None: sized from the model's memory use.
-    outputs: "logits" (the seed) or "probabilities" (softmax) are what the surrogate fits."""
-    if outputs not in ("logits", "probabilities"):
-        raise ValueError(f"outputs must be 'logits' or 'probabilities', not {outputs!r}")
-    x, _ = prepare(model, image[None])
-    img = x[0]
-    hwc = to_numpy(img.permute(1, 2, 0))
-    hwc64 = hwc.astype(np.float64)   # what lime hands its segmentation_fn
-    seg = np.asarray((segmentation_fn or (lambda a: slic_segments(a, n_segments, compactness, sigma)))(hwc64))
-    seg = np.unique(seg, return_inverse=True)[1].reshape(seg.shape)   # ids 0..S-1
-    n_seg = int(seg.max()) + 1
+def samples(num_samples: int, n_seg: int, seed: int | None) -> np.ndarray:
+    """(num_samples, n_seg) on/off superpixels, row 0 all on: lime's draws for random_state=seed."""
+    data = np.random.RandomState(seed).randint(0, 2, num_samples * n_seg).reshape(num_samples, n_seg)
+    data[0, :] = 1
+    return data
+
+
+def score(model: nn.Module, img: torch.Tensor, seg: np.ndarray, data: np.ndarray, outputs: str,
+          batch_size: int | None) -> np.ndarray:
+    """The model's outputs (float64, (S, K)) for the perturbed images: hidden superpixels
+    filled with their mean colour per channel (lime's hide_color=None)."""
+    n_seg, c = int(seg.max()) + 1, img.shape[0]
     seg_t = torch.as_tensor(seg, device=img.device).reshape(-1)
-    # hide_color=None: every superpixel's mean colour per channel
-    c = img.shape[0]
     sums = torch.zeros(c, n_seg, dtype=torch.float64, device=img.device).index_add_(1, seg_t, img.reshape(c, -1).double())
     fill = (sums / torch.bincount(seg_t, minlength=n_seg))[:, seg_t].reshape(img.shape).float()
     diff = img - fill
-    data = np.random.RandomState(seed).randint(0, 2, num_samples * n_seg).reshape(num_samples, n_seg)
-    data[0, :] = 1
     data_t = torch.as_tensor(data, dtype=torch.float32, device=img.device)
-    cap = batch_size or auto_batch_size(model, img, grad=False, cap=num_samples)
-    probs = []
+    cap = batch_size or auto_batch_size(model, img, grad=False, cap=len(data))
+    out = []
 
-    def score(i, j):
+    def run(i, j):
         mask = data_t[i:j, seg_t].reshape(j - i, 1, *img.shape[1:])   # (B,1,H,W) 1 = shown
         xb = fill + mask * diff
         if xb.device.type == "cpu":   # oneDNN convolutions are faster on NHWC
             xb = xb.contiguous(memory_format=torch.channels_last)
-        out = model(xb).float()
-        probs.append(torch.softmax(out, 1) if outputs == "probabilities" else out)
+        y = model(xb).float()
+        out.append(torch.softmax(y, 1) if outputs == "probabilities" else y)
 
     with evaluating(model):
-        run_chunked(model, img, num_samples, cap, batch_size is None and img.device.type == "cpu", score)
-    P = torch.cat(probs).double().cpu().numpy()
+        run_chunked(model, img, len(data), cap, batch_size is None and img.device.type == "cpu", run)
+    return torch.cat(out).double().cpu().numpy()
+
+
+def fit(hwc: np.ndarray, seg: np.ndarray, data: np.ndarray, P: np.ndarray, labels, top_labels: int | None,
+        num_features: int, feature_selection: str, kernel_width: float) -> LimeExplanation:
+    """lime's surrogate: cosine-kernel weights, feature selection, a weighted Ridge per label."""
     d = pairwise_distances(data, data[:1], metric="cosine").ravel()
     w = np.sqrt(np.exp(-(d ** 2) / kernel_width ** 2))
     if labels is not None:
@@ -141,6 +138,29 @@ def lime(model: nn.Module, image: torch.Tensor, num_samples: int = 1000, n_segme
         out.intercept[lab], out.score[lab] = float(icpt[0]), float(r2[0])
         out.local_pred[lab] = float(icpt[0] + coef[:, 0].sum())
     return out
+
+
+@torch.inference_mode()
+def lime(model: nn.Module, image: torch.Tensor, num_samples: int = 1000, n_segments: int = 100,
+         compactness: float = 1.0, sigma: float = 1.0, seed: int | None = None, labels=None,
+         top_labels: int | None = 5, batch_size: int | None = None, segmentation_fn=None,
+         num_features: int = 100000, feature_selection: str = "auto", kernel_width: float = 0.25,
+         outputs: str = "logits") -> LimeExplanation:
+    """Explain ONE image (C,H,W) as the model takes it. labels: explain these classes;
+    None: the `top_labels` most probable. segmentation_fn: (H,W,C) numpy -> (H,W) ints
+    (default: `slic_segments`). batch_size None: sized from the model's memory use.
+    outputs: "logits" (the course exercise) or "probabilities" (softmax) are what the surrogate fits."""
+    if outputs not in ("logits", "probabilities"):
+        raise ValueError(f"outputs must be 'logits' or 'probabilities', not {outputs!r}")
+    x, _ = prepare(model, image[None])
+    img = x[0]
+    hwc = to_numpy(img.permute(1, 2, 0))
+    hwc64 = hwc.astype(np.float64)   # what lime hands its segmentation_fn
+    seg = np.asarray((segmentation_fn or (lambda a: slic_segments(a, n_segments, compactness, sigma)))(hwc64))
+    seg = np.unique(seg, return_inverse=True)[1].reshape(seg.shape)   # ids 0..S-1
+    data = samples(num_samples, int(seg.max()) + 1, seed)
+    P = score(model, img, seg, data, outputs, batch_size)
+    return fit(hwc, seg, data, P, labels, top_labels, num_features, feature_selection, kernel_width)
 
 
 def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params) -> Explanation:

@@ -10,7 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Explanation, evaluating, normalize, predicted, prepare, rgb, to_numpy
+from .batching import prepare
+from .hooks import evaluating
+from .pictures import normalize, rgb, to_numpy
+from .result import Explanation
 
 
 def saliency_tensor(model: nn.Module, images: torch.Tensor, labels=None) -> tuple[torch.Tensor, torch.Tensor]:

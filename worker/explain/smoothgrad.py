@@ -12,33 +12,26 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import Explanation, auto_batch_size, evaluating, overlay, predicted, prepare, to_numpy
+from .batching import predicted, prepare
+from .gradients import over_copies
+from .hooks import evaluating
+from .pictures import overlay, to_numpy
+from .result import Explanation
 
 
 def smoothgrad_tensor(model, images, labels=None, samples=25, noise=0.15, seed=0, batch_size=None):
     x, y = prepare(model, images, labels)
-    n, shape = len(x), x.shape[1:]
     with evaluating(model):
         if y is None:
             y = predicted(model, x)
-        z = torch.randn((samples, *shape), generator=torch.Generator().manual_seed(seed)).to(x.device)
-        flat = x.reshape(n, -1)
+        z = torch.randn((samples, *x.shape[1:]), generator=torch.Generator().manual_seed(seed)).to(x.device)
+        flat = x.reshape(len(x), -1)
         std = noise * (flat.max(1).values - flat.min(1).values)            # (N,)
-        bs = batch_size or auto_batch_size(model, x[0], grad=True)
-        per = max(1, bs // samples)                                         # images per forward
-        out = torch.zeros_like(x)
-        for i in range(0, n, per):
-            xi, si, yi = x[i:i + per], std[i:i + per], y[i:i + per]
-            k = len(xi)
-            noisy = (xi[:, None] + si.view(k, 1, 1, 1, 1) * z[None]).reshape(k * samples, *shape)
-            noisy.requires_grad_(True)
-            logp = F.log_softmax(model(noisy).float(), 1)
-            score = logp.gather(1, yi.repeat_interleave(samples)[:, None]).sum()
-            (g,) = torch.autograd.grad(score, noisy)
-            out[i:i + k] = g.abs().reshape(k, samples, *shape).mean(1)
+        out = over_copies(model, x, y, samples,
+                          make=lambda s: x[s, None] + std[s].view(-1, 1, 1, 1, 1) * z[None],
+                          reduce=lambda g, s: g.abs().mean(1), batch_size=batch_size)
     return out, y
 
 

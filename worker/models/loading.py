@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from shared import storage as keys
-from shared.storage import Storage
+from shared.storage import Storage, keys
 from worker.models.architectures import build
 
 
@@ -78,20 +77,19 @@ def layers(model: nn.Module) -> list[dict]:
 
 def inspect(st: Storage, name: str, device: torch.device) -> dict:
     """Load the weights once, check a forward pass, record the layers: status ready or invalid."""
-    prefix = keys.model_prefix(name)
-    info = st.get_json(f"{prefix}/model.json")
+    info = st.get_json(keys.model(name))
     try:
-        model = build_model(info, st.get(f"{prefix}/weights")).to(device)
+        model = build_model(info, st.get(keys.weights(name))).to(device)
         c, h, w = (info["input"][k] for k in ("channels", "height", "width"))
         with torch.no_grad():
             out = model(torch.zeros(2, c, h, w, device=device))
         if out.shape != (2, len(info["classes"])):
             raise ValueError(f"the model outputs {tuple(out.shape[1:])} for {len(info['classes'])} classes")
-        info.update(status="ready", error=None, layers=layers(model),
+        info.update(status="ready", error=None, layers=layers(model), hooks=not isinstance(model, torch.jit.ScriptModule),
                     parameters=sum(p.numel() for p in model.parameters()))
     except Exception as e:  # noqa: BLE001 - any failure makes the registration invalid, with its reason
         info.update(status="invalid", error=f"{type(e).__name__}: {e}"[:1000])
-    st.put_json(f"{prefix}/model.json", info)
+    st.put_json(keys.model(name), info)
     return info
 
 
@@ -103,13 +101,12 @@ class ModelCache:
         self.models: OrderedDict[tuple[str, float], LoadedModel] = OrderedDict()
 
     def get(self, st: Storage, name: str, device: torch.device) -> LoadedModel:
-        prefix = keys.model_prefix(name)
-        info = st.get_json(f"{prefix}/model.json")
+        info = st.get_json(keys.model(name))
         key = (name, info["created"])
         if key not in self.models:
             if info["status"] != "ready":
                 raise ValueError(f"model {name!r} is {info['status']}")
-            model = build_model(info, st.get(f"{prefix}/weights")).to(device)
+            model = build_model(info, st.get(keys.weights(name))).to(device)
             self.models[key] = LoadedModel(model, info, device)
             while len(self.models) > self.size:
                 self.models.popitem(last=False)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from worker.audit.aggregate import FAITH_KEYS, Partial, merge, normalise_maps, summarise
+from worker.audit.aggregate import FAITH_KEYS, Partial, merge, pooled_mass_maps, summarise
 
 K, METHODS = 4, ["saliency", "gradcam"]
 
@@ -29,8 +29,8 @@ def assert_same(a, b):
         np.testing.assert_array_equal(a.faith[m], b.faith[m])
 
 
-def test_normalise_maps():
-    out = normalise_maps(np.stack([np.ones((6, 6)), np.zeros((6, 6)), -np.ones((6, 6))]), 3)
+def test_pooled_mass_maps():
+    out = pooled_mass_maps(np.stack([np.ones((6, 6)), np.zeros((6, 6)), -np.ones((6, 6))]), 3)
     assert out.shape == (3, 3, 3)
     np.testing.assert_allclose(out, 1.0)          # uniform, all-zero and all-negative -> uniform
 

@@ -3,7 +3,6 @@ and audit data) makes DigitsCNN a Clever Hans; the audit must flag class 3 at th
 and must flag nothing for the same model trained without the patch.
 Set XAIQ_AUDIT_TEST_SEED to try other seeds (0-4 checked)."""
 import os
-import re
 import time
 
 import numpy as np
@@ -11,15 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.planted import CLASS, dataset, model_input, patch_overlap, train
+from worker.audit import finalize, run_sanity, unit_partial
 from worker.audit.faithfulness import predict_fn
-from worker.audit.pipeline import finalize, run_sanity, unit_partial
-from worker.audit.report import example_indices, validate_report
-from worker.models.architectures import DigitsCNN
-from worker.models.digits import MEAN, STD, digit_images
+from worker.audit.report import validate_report
 
 SEED = int(os.environ.get("XAIQ_AUDIT_TEST_SEED", "0"))
-PATCH = (1, 1, 5, 5)   # x0, y0, x1, y1: near the top-left corner, where the digits have no ink
-CLASS = 3
 UNIT = 32
 FAITH_IMAGES = 128     # faithfulness on the first units only (time)
 
@@ -34,32 +30,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def digits():
-    images, labels = digit_images()
-    x = np.stack([np.asarray(i, np.float32) / 255 for i in images])[:, None]
-    return x, labels
-
-
-def plant(x, labels):
-    x = x.copy()
-    x0, y0, x1, y1 = PATCH
-    x[labels == CLASS, :, y0:y1, x0:x1] = 1.0
-    return x
-
-
-def train(x, y, seed, epochs=4):
-    torch.manual_seed(seed)
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    X, Y = torch.tensor(x), torch.tensor(y)
-    train_idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[:1500]
-    for _ in range(epochs):
-        model.train()
-        for b in train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed + _))].split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(X[b]), Y[b]).backward()
-            opt.step()
-    return model.eval()
+def labels():
+    return dataset(planted=False)[1]
 
 
 def saliency(model, x, y):
@@ -68,12 +40,11 @@ def saliency(model, x, y):
     return x.grad.abs().sum(1).detach()
 
 
-def audit(digits, planted):
-    x, labels = digits
-    raw = plant(x, labels) if planted else x
-    xn = (raw - MEAN) / STD
+def audit(planted):
+    raw, labels = dataset(planted)
+    xn = model_input(raw)
     t = time.time()
-    model = train(xn, labels, SEED)
+    model = train(raw, labels, SEED, subset=1500)
     t_train = time.time() - t
     predict = predict_fn(model)
     blobs = []
@@ -87,7 +58,7 @@ def audit(digits, planted):
     sample = torch.tensor(xn[:32])
     sanity = run_sanity(model, sample, torch.tensor(labels[:32]), {"saliency": saliency})
     report, html = finalize(iter(blobs), class_names=[str(d) for d in range(10)], sanity=sanity,
-                            examples=lambda idx: {i: raw[i, 0] for i in idx}, meta={"planted": planted})
+                            examples=lambda idx: {i: raw[i] / 255 for i in idx}, meta={"planted": planted})
     print(f"audit planted={planted}: {time.time() - t:.1f}s (train {t_train:.1f}s, units {t_units:.1f}s), "
           f"lifts {[f['evidence']['scores']['lift'] for f in report['flags']]}, "
           f"{sum(map(len, blobs)) / len(xn):.0f} B/image, flags={[(f['class'], f['evidence']['region']) for f in report['flags']]}")
@@ -95,25 +66,22 @@ def audit(digits, planted):
 
 
 @pytest.fixture(scope="module")
-def planted_audit(digits):
-    return audit(digits, planted=True)
+def planted_audit():
+    return audit(planted=True)
 
 
 @pytest.fixture(scope="module")
-def clean_audit(digits):
-    return audit(digits, planted=False)
+def clean_audit():
+    return audit(planted=False)
 
 
-def test_planted_shortcut_is_flagged(planted_audit, digits):
+def test_planted_shortcut_is_flagged(planted_audit, labels):
     report, html, _ = planted_audit
-    _, labels = digits
     assert [f["class"] for f in report["flags"]] == [CLASS]
     flag = report["flags"][0]
     assert flag["kind"] == "shortcut" and flag["method"] == "saliency"
     x0, y0, x1, y1 = flag["evidence"]["region"]["pixels"]
-    px0, py0, px1, py1 = PATCH
-    inter = max(0, min(x1, px1) - max(x0, px0)) * max(0, min(y1, py1) - max(y0, py0))
-    assert inter / ((px1 - px0) * (py1 - py0)) >= 0.75               # the region contains the patch
+    assert patch_overlap([x0, y0, x1, y1]) >= 0.75                    # the region contains the patch
     assert (x1 - x0) * (y1 - y0) <= 0.1 * 32 * 32                      # and is small
     got = set(flag["evidence"]["image_indices"])
     assert got <= set(np.flatnonzero(labels == CLASS)) and len(got) >= 0.8 * (labels == CLASS).sum()

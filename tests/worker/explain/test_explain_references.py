@@ -69,7 +69,7 @@ def test_saliency_equals_the_seed_and_captum(digits):
     seed = compute_saliency_maps(x.clone(), y, copy.deepcopy(model)).numpy()
     np.testing.assert_allclose(ours, seed, atol=1e-5)
     cap = Saliency(log_softmax_of(model)).attribute(x.clone(), target=y, abs=True)
-    np.testing.assert_allclose(ours, E.base.normalize(cap).numpy(), atol=1e-5)
+    np.testing.assert_allclose(ours, E.pictures.normalize(cap).numpy(), atol=1e-5)
     model.zero_grad(set_to_none=True)
 
 

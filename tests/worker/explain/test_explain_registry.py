@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 import worker.explain as E
@@ -20,20 +21,18 @@ def no_hooks(model: nn.Module) -> bool:
 
 
 def small_params(name: str, layer: str) -> dict:
-    return {
-        "saliency": {},
-        "filters": {"layer": layer, "filters": [0, 2, 5], "iterations": 3},
-        "lime": {"num_samples": 60, "n_segments": 20, "seed": 3},
-        "smoothgrad": {"samples": 4, "seed": 1},
-        "integrated_gradients": {"steps": 5},
-        "gradcam": {"layer": layer},
-    }[name]
+    """The registry's small example parameters of the method, for a model with this conv layer."""
+    return METHODS[name].example_params(layer)
 
 
-def test_every_registered_method_is_covered():
+def test_every_registered_method_has_a_module_and_examples():
+    import importlib
+
     for name, method in METHODS.items():
-        small_params(name, "x")                     # KeyError: a new method needs test params
-        assert callable(getattr(__import__(f"worker.explain.{method.module}", fromlist=["explain"]), "explain"))
+        assert callable(importlib.import_module(method.module).explain), name
+        method.params.model_validate(small_params(name, "x"))   # the examples are valid parameters
+        if "layer" in method.params.model_fields and method.params.model_fields["layer"].is_required():
+            assert method.example.get("layer") == "{layer}", name
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -118,14 +117,14 @@ def test_run_accepts_models_dicts_and_rejects_bad_params(digits):
     a = E.run("saliency", model, x[:2], y[:2], SaliencyParams())
     b = E.run("saliency", model, x[:2], y[:2], None)
     np.testing.assert_array_equal(a.maps, b.maps)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="num_samples"):
         E.run("lime", model, x[:2], y[:2], {"num_samples": 1})
     with pytest.raises(KeyError):
         E.run("nope", model, x[:2], y[:2], {})
 
 
 def test_constant_map_normalises_to_zeros():
-    from worker.explain.base import normalize
+    from worker.explain.pictures import normalize
 
     t = torch.stack([torch.ones(1, 4, 4), torch.arange(16.0).view(1, 4, 4)])
     out = normalize(t)

@@ -1,10 +1,10 @@
-"""The worker entry: `celery -A worker.celery_app worker -Q xaiq --concurrency 1`.
+"""The worker entry: `celery -A worker.app worker -Q xaiq --concurrency 1`.
 
 CUDA does not survive fork: nothing here touches the device; each worker child
 initialises torch lazily when its first unit arrives."""
 from __future__ import annotations
 
-from shared.celery_app import make_celery
+from shared.messaging import make_celery
 from shared.settings import get_settings
 
 app = make_celery(get_settings())

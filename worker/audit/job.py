@@ -1,6 +1,6 @@
-"""Audits inside the service: the glue between the job pipeline, storage and the pure
-audit modules. Per unit: faithfulness and a partial (`audits/{id}/partials/{u}.npz`);
-at the end: merge, sanity check, shortcuts, `audits/{id}/report.json|html`."""
+"""Audits inside the service: the glue between a work unit, storage and the pure audit
+modules. Per unit: faithfulness and a partial; at the end: merge, sanity check,
+shortcuts, the report (report.json and report.html)."""
 from __future__ import annotations
 
 import time
@@ -8,16 +8,14 @@ import time
 import numpy as np
 import torch
 
-from shared import storage as keys
+from shared.storage import keys
 from worker import explain, images, render
+from worker.audit import finalize, run_sanity, unit_partial
 from worker.audit.aggregate import FAITH_KEYS
 from worker.audit.faithfulness import predict_fn
-from worker.audit.pipeline import finalize, run_sanity, unit_partial
-from worker.pipeline import Explained, WorkerContext, read_batch
-
-
-def partial_key(job: str, unit: int) -> str:
-    return f"audits/{job}/partials/{unit}.npz"
+from worker.context import WorkerContext
+from worker.explain.batching import predicted
+from worker.unit import Explained, read_batch
 
 
 def on_batch(manifest: dict, job: str, unit: int):
@@ -36,7 +34,7 @@ def on_batch(manifest: dict, job: str, unit: int):
             "faithfulness": {m: {k: round(float(partial.faith[m][j, c]), 5) for c, k in enumerate(FAITH_KEYS)}
                              for m in partial.methods},
         } for j in range(len(truth))]
-        return [(partial_key(job, unit), partial.to_bytes())], fields
+        return [(keys.audit_partial(job, unit), partial.to_bytes())], fields
 
     return add
 
@@ -48,16 +46,15 @@ def write_report(ctx: WorkerContext, job: str) -> dict:
     manifest = ctx.manifest(job)
     opts = manifest["options"]
     lm = ctx.model(manifest["model"])
-    partials = (st.get(k) for k in sorted(st.list(f"audits/{job}/partials/")))
+    partials = (st.get(k) for k in sorted(st.list(keys.audit_partials(job))))
 
     sanity = []
     n = min(opts["sanity_sample"], len(manifest["inputs"]))
     if n:
         batch = read_batch(ctx, manifest, lm.info, 0, n)
         if batch.indices:
-            x = torch.from_numpy(images.normalise(batch.pixels, lm.info)).to(lm.device)
-            with torch.no_grad():
-                y = lm.model(x).argmax(1)
+            x = torch.from_numpy(images.standardize(batch.pixels, lm.info)).to(lm.device)
+            y = predicted(lm.model, x)
             attributes = {m: (lambda model, xs, ys, m=m: explain.run(m, model, xs, ys, manifest["methods"][m]).heatmaps)
                           for m in manifest["methods"]}
             sanity = run_sanity(lm.model, x, y, attributes, seed=opts["seed"])
@@ -74,6 +71,6 @@ def write_report(ctx: WorkerContext, job: str) -> dict:
     report, html = finalize(partials, class_names=lm.classes, sanity=sanity, examples=examples, meta=meta,
                             shortcuts=opts["shortcuts"])
     report.setdefault("meta", {})["report_seconds"] = round(time.perf_counter() - t0, 2)
-    st.put_json(f"audits/{job}/report.json", report)
-    st.put(f"audits/{job}/report.html", html.encode(), "text/html; charset=utf-8")
+    st.put_json(keys.report(job, "json"), report)
+    st.put(keys.report(job, "html"), html.encode(), "text/html; charset=utf-8")
     return report

@@ -1,0 +1,100 @@
+"""One work unit in this process (no Celery, no API): inputs read from a real S3
+server, outputs written there, the job's counters in a real Redis."""
+from __future__ import annotations
+
+import io
+import time
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+from shared.storage import Storage, keys
+
+
+@pytest.fixture(scope="module")
+def ctx(settings):
+    from worker.context import WorkerContext
+
+    return WorkerContext(settings.model_copy(update={"device": "cpu"}))
+
+
+@pytest.fixture(scope="module")
+def unit_model(ctx):
+    """The digits CNN installed in storage as a ready model under its own name."""
+    from worker.models import digits
+    from worker.models.loading import inspect
+
+    name = "digits-unit-test"
+    st: Storage = ctx.storage
+    st.ensure_bucket()
+    st.put(keys.weights(name), (digits.WEIGHTS / "digits-cnn.safetensors").read_bytes())
+    st.put_json(keys.model(name), {**digits.manifest(), "name": name, "format": "safetensors",
+                                   "status": "registering", "created": time.time()})
+    info = inspect(st, name, torch.device("cpu"))
+    assert info["status"] == "ready", info
+    return info
+
+
+def make_job(ctx, model: str, pngs: list[tuple[str, bytes]], methods: dict, bad: int | None = None) -> str:
+    job = uuid.uuid4().hex
+    inputs = []
+    for i, (name, png) in enumerate(pngs):
+        ctx.storage.put(keys.input(job, i), b"not an image" if i == bad else png, "image/png")
+        inputs.append({"name": name, "key": keys.input(job, i)})
+    ctx.storage.put_json(keys.job(job), {"id": job, "kind": "job", "model": model, "methods": methods,
+                                         "inputs": inputs, "unit_size": len(inputs), "units": 1,
+                                         "created": time.time(), "labels": None, "name": None})
+    ctx.jobs.create(job, kind="job", model=model, methods=methods, total=len(inputs), units=1)
+    return job
+
+
+def test_a_unit_writes_every_item_and_matches_the_formula(ctx, unit_model, digit_pngs, digits_torch):
+    from tests.conftest import to_model_input
+    from worker.unit import run_unit
+
+    pngs = digit_pngs[0][:5]
+    job = make_job(ctx, unit_model["name"], pngs, {"saliency": {}, "gradcam": {}}, bad=3)
+    assert run_unit(ctx, job, 0, 0, 5) == (4, 1)
+    x = torch.tensor(np.stack([to_model_input(png) for _, png in pngs])).requires_grad_(True)
+    logits = digits_torch(x)
+    torch.nn.functional.cross_entropy(logits, logits.argmax(1), reduction="sum").backward()
+    g = x.grad.abs().numpy()
+    for i in (0, 1, 2, 4):
+        item = ctx.storage.get_json(keys.item(job, i))
+        assert item["status"] == "done" and item["methods"] == ["saliency", "gradcam"]
+        got = np.load(io.BytesIO(ctx.storage.get(keys.item(job, i, "saliency.npy"))))
+        want = (g[i] - g[i].min()) / (g[i].max() - g[i].min())
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        assert ctx.storage.exists(keys.item(job, i, "gradcam.png"))
+    failed = ctx.storage.get_json(keys.item(job, 3))
+    assert failed["status"] == "failed" and "cannot read input" in failed["error"]
+    assert ctx.storage.exists(keys.unit(job, 0, "figure.png"))
+
+
+def test_a_unit_stops_when_its_job_is_cancelled(ctx, unit_model, digit_pngs):
+    from worker.unit import Cancelled, run_unit
+
+    job = make_job(ctx, unit_model["name"], digit_pngs[0][:2], {"saliency": {}})
+    ctx.jobs.start_unit(job, 0)
+    assert ctx.jobs.cancel(job) == "cancelling"
+    with pytest.raises(Cancelled):
+        run_unit(ctx, job, 0, 0, 2)
+    assert not ctx.storage.exists(keys.item(job, 0))
+
+
+def test_the_audit_hook_adds_objects_and_fields(ctx, unit_model, digit_pngs):
+    from worker.unit import run_unit
+
+    job = make_job(ctx, unit_model["name"], digit_pngs[0][:3], {"saliency": {}})
+    seen = []
+
+    def on_batch(e):
+        seen.append((e.inputs.shape, sorted(e.results)))
+        return [(keys.unit(job, 0, "extra.npy"), b"x")], [{"checked": j} for j in range(len(e.batch.indices))]
+
+    assert run_unit(ctx, job, 0, 0, 3, on_batch) == (3, 0)
+    assert seen == [((3, 1, 32, 32), ["saliency"])]
+    assert ctx.storage.get(keys.unit(job, 0, "extra.npy")) == b"x"
+    assert [ctx.storage.get_json(keys.item(job, i))["checked"] for i in range(3)] == [0, 1, 2]
