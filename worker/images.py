@@ -10,20 +10,52 @@ from PIL import Image
 MAX_PICTURE_SIDE = 2048  # pictures follow the input's size, up to this
 
 
+DEEP = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+
+
+def _resized(img: Image.Image, info: dict) -> Image.Image:
+    """Resize (and crop) as the model's preprocessing says (info["preprocess"], Hugging
+    Face models, see shared.huggingface.spec_from_configs): resize to {"height", "width"}
+    or the shortest edge to {"shortest_edge"} (HF's rounding), then a centre crop
+    {"height", "width"} (HF's offsets), with the named PIL filter. Without it: a bilinear
+    resize to the input size."""
+    h, w = info["input"]["height"], info["input"]["width"]
+    pre = info.get("preprocess")
+    if not pre:
+        return img if img.size == (w, h) else img.resize((w, h), Image.BILINEAR)
+    r, crop = pre["resize"], pre.get("crop")
+    if "shortest_edge" in r:   # transformers' get_resize_output_image_size(default_to_square=False)
+        edge, (iw, ih) = r["shortest_edge"], img.size
+        long = int(edge * max(iw, ih) / min(iw, ih))
+        target = (edge, long) if iw <= ih else (long, edge)
+    else:
+        target = (r["width"], r["height"])
+    if img.size != target:
+        img = img.resize(target, getattr(Image.Resampling, pre.get("resample", "bilinear").upper()))
+    if crop:
+        left, top = (img.width - crop["width"]) // 2, (img.height - crop["height"]) // 2
+        img = img.crop((left, top, left + crop["width"], top + crop["height"]))
+    if img.size != (w, h):
+        raise ValueError(f"the model's preprocessing gives {img.size[0]}x{img.size[1]} pixels; it takes {w}x{h}")
+    return img
+
+
 def decode(data: bytes, info: dict, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
     """PNG/JPEG bytes -> (C, H, W) float32 in [0, 1] at the model's input size, and the
     original (width, height). Inputs named by bucket key were not checked by the API:
-    the pixel limit is checked here, before decoding."""
-    c, h, w = (info["input"][k] for k in ("channels", "height", "width"))
+    the pixel limit is checked here, before decoding. 16-bit grey images are scaled by
+    65535 (not clipped to 8 bits)."""
+    c = info["input"]["channels"]
     with Image.open(io.BytesIO(data)) as img:
         size = img.size
         if size[0] * size[1] > max_pixels:
             raise ValueError(f"{size[0]}x{size[1]} is larger than the limit of {max_pixels} pixels")
-        img = img.convert("L" if c == 1 else "RGB")
-        if img.size != (w, h):
-            img = img.resize((w, h), Image.BILINEAR)
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        deep = DEEP.get(img.mode)
+        img = img.convert("F") if deep else img.convert("L" if c == 1 else "RGB")
+        arr = np.asarray(_resized(img, info), dtype=np.float32) / (deep or 255.0)
+    arr = np.clip(arr, 0.0, 1.0)[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if deep and c != 1:
+        arr = np.repeat(arr, c, axis=0)
     if arr.shape[0] != c:
         raise ValueError(f"the model takes {c} channels; images give {arr.shape[0]}")
     return arr, size

@@ -5,6 +5,9 @@ Paper: Erhan et al. 2009, "Visualizing Higher-Layer Features of a Deep Network";
 'readable' style after Olah et al. 2017, "Feature Visualization", https://distill.pub/2017/feature-visualization/
 All filters are optimised together in one batch (one start image per filter); Adam is
 per-element and eval-mode images are independent, so this equals one run per filter.
+On a ViT-style token layer (N, T, D), filter k is channel k of the patch-token grid
+(class token dropped, tokens folded to (N, D, h, w) as in Grad-CAM): its activations are
+that grid's channel k and the visualisation maximises its sum over the patches.
 """
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batching import auto_batch_size, prepare
-from .hooks import capture, evaluating, run_until
+from .batching import auto_batch_size, checkpoint, prepare
+from .hooks import as_map, capture, evaluating, run_until
 from .pictures import normalize, rgb, to_numpy
 from .result import Explanation
 
@@ -60,14 +63,16 @@ def _optimise(model, box, x0, filters, iterations, lr, style, seed):
         j = max(1, min(h, w) // 16)
     else:
         raise ValueError(f"unknown style {style!r}")
-    for _ in range(iterations):
+    for step in range(iterations):
+        if step % 10 == 0:
+            checkpoint()
         x = image()
         if style == "readable":   # random translation each step: robust, less high-frequency noise
             dy, dx = torch.randint(-j, j + 1, (2,), generator=jitter).tolist()
             x = torch.roll(x, (dy, dx), dims=(2, 3))
         if x.device.type == "cpu":   # oneDNN convolutions are faster on NHWC
             x = x.contiguous(memory_format=torch.channels_last)
-        act = run_until(model, x, box)
+        act = as_map(run_until(model, x, box), h, w)
         objective = act[rows, k].sum()
         (g,) = torch.autograd.grad(-objective, param)
         param.grad = g
@@ -81,7 +86,8 @@ def filter_explanation(model: nn.Module, images: torch.Tensor, layer: str, filte
                        lr: float = 1.0, style: str = "readable", seed: int = 0,
                        batch_size: int | None = None) -> FilterExplanation:
     """Activations (N,F,h,w) of `filters` of `layer` (module path, e.g. 'cnn.15') for the
-    images, and one visualization (F,C,H,W) per filter.
+    images, and one visualization (F,C,H,W) per filter. On a token layer (N,T,D) filter k
+    is channel k of the patch-token grid (N,D,h,w).
 
     style='seed': start from images[0], Adam(lr) on the pixels maximising
     layer_output[:, k].sum(), no regulariser (the course exercise, filter by filter).
@@ -94,7 +100,7 @@ def filter_explanation(model: nn.Module, images: torch.Tensor, layer: str, filte
     module = model.get_submodule(layer)
     with evaluating(model), capture(module, stop=True) as box:
         with torch.no_grad():
-            acts = run_until(model, x, box)[:, filters].detach()
+            acts = as_map(run_until(model, x, box), *x.shape[-2:])[:, filters].detach()
             box.value = None
         bs = batch_size or auto_batch_size(model, x[0], grad=True, cap=len(filters))
         vis = torch.cat([_optimise(model, box, x, filters[i:i + bs], iterations, lr, style, seed)

@@ -1,9 +1,12 @@
-"""Grad-CAM: ReLU of the gradient-weighted sum of a conv layer's feature maps.
+"""Grad-CAM: ReLU of the gradient-weighted sum of a layer's feature maps.
 
 Paper: Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks via
 Gradient-based Localization", https://arxiv.org/abs/1610.02391
 Matches Captum's LayerGradCam(model, layer).attribute(x, target, relu_attributions=True)
 on the class score (logit), upsampled like LayerAttribution.interpolate(..., 'bilinear').
+ViT-style layers output tokens (N, T, D): the class token is dropped and the patch tokens
+folded into their (N, D, h, w) grid first, as pytorch-grad-cam's `reshape_transform` does
+(https://jacobgil.github.io/pytorchgradcam/docs/vision_transformers).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import torch
 from torch import nn
 
 from .batching import prepare
-from .hooks import capture, evaluating, layer_of
+from .hooks import as_map, capture, evaluating, first_tensor, layer_of
 from .pictures import overlay, to_numpy, upsample
 from .result import Explanation
 
@@ -20,14 +23,16 @@ from .result import Explanation
 def gradcam_tensor(model: nn.Module, images: torch.Tensor, labels=None, layer: str | None = None):
     """(cam (N,h,w) at the layer's resolution, labels used), on the model's device."""
     x, y = prepare(model, images, labels)
-    module = layer_of(model, layer)
+    module = layer_of(model, layer, x)
     with evaluating(model), capture(module) as box, torch.enable_grad():
         logits = model(x.requires_grad_(True))  # a graph even when the parameters are frozen
-        acts = box.value
+        acts = first_tensor(box.value)
         if y is None:
             y = logits.detach().argmax(1)
         score = logits.gather(1, y[:, None]).sum()   # images independent: sum is per-image
         (grads,) = torch.autograd.grad(score, acts)
+    h, w = x.shape[-2:]
+    acts, grads = as_map(acts, h, w), as_map(grads, h, w)   # tokens -> their patch grid
     weights = grads.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * acts.detach()).sum(1))
     return cam, y
@@ -36,8 +41,10 @@ def gradcam_tensor(model: nn.Module, images: torch.Tensor, labels=None, layer: s
 def gradcam(model: nn.Module, images: torch.Tensor, labels=None, layer: str | None = None,
             upsampled: bool = True) -> np.ndarray:
     """(N,H,W) float32 Grad-CAM upsampled bilinearly to the input size
-    (upsampled=False: (N,h,w) at the layer's resolution). layer: module path, default
-    the last nn.Conv2d; labels default to the predicted classes."""
+    (upsampled=False: (N,h,w) at the layer's resolution). layer: module path of a conv
+    map or of ViT patch tokens; default: `hooks.layer_of` (a Hugging Face model's own
+    default, a ViT's last block's first norm, else the last nn.Conv2d); labels default to
+    the predicted classes."""
     cam, _ = gradcam_tensor(model, images, labels, layer)
     return to_numpy(upsample(cam, images.shape[-2:]) if upsampled else cam)
 

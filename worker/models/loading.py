@@ -1,7 +1,9 @@
 """Loading registered models safely (safetensors, `torch.load(weights_only=True)`,
-TorchScript), listing their layers, and a small per-process cache."""
+TorchScript that passed the operator allowlist), listing their layers, and a small
+per-process cache of model versions."""
 from __future__ import annotations
 
+import hashlib
 import io
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -9,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from shared.storage import Storage, keys
+from shared.storage import Keys, Storage
 from worker.models.architectures import build
 
 
@@ -45,27 +47,66 @@ def read_state_dict(data: bytes, fmt: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def build_model(info: dict, data: bytes) -> nn.Module:
+def build_model(info: dict, data: bytes, scratch: str | None = None) -> nn.Module:
+    """The registered model in eval mode with frozen parameters. Models that take hooks
+    also get `xaiq_input` = the registered (C, H, W), which `layers` probes with.
+    `scratch`: where a Hugging Face zip may be unpacked (default: a temporary folder)."""
     if info["format"] == "torchscript":
         model = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    elif info["format"] == "export":
+        from worker.models import exported
+
+        model = exported.load(data)
+    elif info["format"] == "huggingface":
+        import tempfile
+        from pathlib import Path
+
+        from worker.models import huggingface
+
+        with tempfile.TemporaryDirectory(prefix="xaiq-hf-", dir=scratch) as tmp:
+            model = huggingface.load(huggingface.unpack(data, Path(tmp)))
     else:
         model = build(info["architecture"], len(info["classes"]), info["input"]["channels"])
         model.load_state_dict(read_state_dict(data, info["format"]), strict=True)
+    if info["format"] in ("huggingface", "export"):
+        model.xaiq_input = tuple(info["input"][k] for k in ("channels", "height", "width"))
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
 
 
-def layers(model: nn.Module) -> list[dict]:
+def layers(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> list[dict]:
+    """Every submodule by path: `type`, `out_channels` (filters readable there), `conv`
+    (a layer Grad-CAM takes), `shape` (its output for one image, when a forward of
+    `input_shape` (C, H, W) could be probed). Hugging Face and exported models (their
+    `xaiq_input`): patch-token layers (N, T, D) get `tokens: true`, `out_channels` D and
+    `conv: true` (Grad-CAM folds them into their grid); blocks and stages with a
+    feature-map output get `conv: true` and its channels."""
+    from worker.explain.hooks import hooks_available, output_shapes, token_grid, type_name
+
+    family = getattr(model, "xaiq_input", None)
+    shape = family or input_shape
+    shapes = output_shapes(model, torch.zeros(1, *shape)) if shape and hooks_available(model) else {}
     out = []
     for path, module in model.named_modules():
         if not path:
             continue
-        kind = getattr(module, "original_name", type(module).__name__)
+        kind = type_name(module)
         channels = getattr(module, "out_channels", None) or getattr(module, "num_features", None) \
             or getattr(module, "out_features", None)
-        out.append({"path": path, "type": kind, "out_channels": channels, "conv": kind == "Conv2d"})
+        layer = {"path": path, "type": kind, "out_channels": channels, "conv": kind == "Conv2d"}
+        s = shapes.get(path, ())
+        if s:
+            layer["shape"] = [int(d) for d in s[1:]]
+        if not family:
+            pass
+        elif len(s) == 3 and s[2] > 1 and token_grid(s[1], shape[1], shape[2]):
+            layer.update(out_channels=s[2], conv=True, tokens=True)
+        elif len(s) in (2, 4) and channels is None:
+            layer["out_channels"] = s[1]
+            layer["conv"] = layer["conv"] or (len(s) == 4 and s[2] * s[3] > 1 and any(True for _ in module.children()))
+        out.append(layer)
     # Pooling/activation layers keep the channel count of the layer before them.
     last = None
     for layer in out:
@@ -75,38 +116,24 @@ def layers(model: nn.Module) -> list[dict]:
     return out
 
 
-def inspect(st: Storage, name: str, device: torch.device) -> dict:
-    """Load the weights once, check a forward pass, record the layers: status ready or invalid."""
-    info = st.get_json(keys.model(name))
-    try:
-        model = build_model(info, st.get(keys.weights(name))).to(device)
-        c, h, w = (info["input"][k] for k in ("channels", "height", "width"))
-        with torch.no_grad():
-            out = model(torch.zeros(2, c, h, w, device=device))
-        if out.shape != (2, len(info["classes"])):
-            raise ValueError(f"the model outputs {tuple(out.shape[1:])} for {len(info['classes'])} classes")
-        info.update(status="ready", error=None, layers=layers(model), hooks=not isinstance(model, torch.jit.ScriptModule),
-                    parameters=sum(p.numel() for p in model.parameters()))
-    except Exception as e:  # noqa: BLE001 - any failure makes the registration invalid, with its reason
-        info.update(status="invalid", error=f"{type(e).__name__}: {e}"[:1000])
-    st.put_json(keys.model(name), info)
-    return info
-
-
 class ModelCache:
-    """Models loaded once per worker process, keyed by name and registration time."""
+    """Models loaded once per worker process, keyed by owner, name and version (versions
+    never change, so a cached one is never stale)."""
 
     def __init__(self, size: int):
         self.size = size
-        self.models: OrderedDict[tuple[str, float], LoadedModel] = OrderedDict()
+        self.models: OrderedDict[tuple[str | None, str, str], LoadedModel] = OrderedDict()
 
-    def get(self, st: Storage, name: str, device: torch.device) -> LoadedModel:
-        info = st.get_json(keys.model(name))
-        key = (name, info["created"])
+    def get(self, st: Storage, keys: Keys, name: str, version: str, device: torch.device) -> LoadedModel:
+        key = (keys.tenant, name, version)
         if key not in self.models:
+            info = st.get_json(keys.version(name, version))
             if info["status"] != "ready":
-                raise ValueError(f"model {name!r} is {info['status']}")
-            model = build_model(info, st.get(keys.weights(name))).to(device)
+                raise ValueError(f"model {name!r} version {version} is {info['status']}")
+            data = st.get(keys.weights(name, version))
+            if hashlib.sha256(data).hexdigest() != info.get("weights_sha256"):
+                raise ValueError(f"model {name!r}: the stored weights are not those of version {version}")
+            model = build_model(info, data).to(device)
             self.models[key] = LoadedModel(model, info, device)
             while len(self.models) > self.size:
                 self.models.popitem(last=False)
