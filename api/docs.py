@@ -3,16 +3,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, jsonify, render_template, send_from_directory
+from flask import Blueprint, current_app, jsonify, render_template, send_from_directory
 
-from api.openapi import spec
+from api.openapi import document
 
 bp = Blueprint("docs", __name__)
 
 
 @bp.get("/openapi.json")
 def openapi_json():
-    return jsonify(spec.spec)
+    return jsonify(document(current_app))
 
 
 @bp.get("/docs")

@@ -1,29 +1,56 @@
-"""Turning a request into a job or an audit: read the spec and the files, check them
-against the registry and the model's manifest, store the inputs, write the manifest,
-record the job, enqueue its units. Everything is checked before anything is stored."""
+"""Turning a request into a job or an audit: read the spec and the files within limits,
+check them against the registry, the model's manifest and the tenant's limits, estimate
+the cost, store the inputs, write the manifest, record the job, queue its units. Every
+check runs before anything is stored; a request refused half-way removes what it stored."""
 from __future__ import annotations
 
 import io
 import json
-import math
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from flask import request
 from PIL import Image, UnidentifiedImageError
 
-from api import clients, datasets, records
+from api import auth, clients, records
 from api.errors import ApiError
 from shared import methods as registry
-from shared.messaging import AUDIT_UNIT, EXPLAIN_UNIT
-from shared.storage import keys
+from shared.jobs import LimitExceeded
+from shared.schemas import valid_path
+from shared.storage import Keys
 
 FORMATS = {"PNG", "JPEG", "MPO"}  # MPO: the multi-picture JPEG of phone cameras
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def parse_json(raw: bytes | str, what: str):
+    """JSON within the size and depth limits, checked before parsing; no NaN or Infinity."""
+    s = clients.get().settings
+    raw = raw.encode() if isinstance(raw, str) else raw
+    if len(raw) > s.max_json_mb * 2**20:
+        raise ApiError(413, f"{what} is larger than {s.max_json_mb} MB")
+    plain = np.frombuffer(_strip_strings(raw), np.uint8)
+    depth = np.cumsum(np.isin(plain, (91, 123)).astype(np.int32) - np.isin(plain, (93, 125)))
+    if len(depth) and depth.max() > s.max_json_depth:
+        raise ApiError(400, f"{what} is nested deeper than {s.max_json_depth} levels")
+    try:
+        return json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as e:
+        raise ApiError(400, f"{what} is not valid JSON: {str(e)[:200]}") from None
+
+
+def _strip_strings(raw: bytes) -> bytes:
+    import re
+
+    return re.sub(rb'"(?:[^"\\]|\\.)*"', b'""', raw)
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def read_spec(model):
@@ -33,19 +60,22 @@ def read_spec(model):
         raw = request.form.get("spec")
         if raw is None:
             raise ApiError(400, "multipart requests need a form field 'spec' holding the JSON spec")
-        try:
-            body = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise ApiError(400, f"the 'spec' field is not valid JSON: {e}") from None
+        body = parse_json(raw, "the 'spec' field")
         files = [f for key in request.files for f in request.files.getlist(key)]
-    else:
-        body = request.get_json(silent=True)
-        if body is None:
-            raise ApiError(400, "send multipart/form-data with images and a 'spec' field, or a JSON body")
+    elif request.mimetype == "application/json":
+        limit = clients.get().settings.max_json_mb * 2**20
+        body = parse_json(request.stream.read(limit + 1), "the JSON body")
         files = []
+    else:
+        raise ApiError(400, "send multipart/form-data with images and a 'spec' field, or a JSON body")
     if not isinstance(body, dict):
         raise ApiError(400, "the spec must be a JSON object")
     return model.model_validate(body), files
+
+
+def read_query(model):
+    """The query string, validated by the pydantic `model` (422 on a bad value)."""
+    return model.model_validate(request.args.to_dict())
 
 
 def check_image(name: str, data: bytes, max_pixels: int) -> bytes:
@@ -65,16 +95,45 @@ def check_image(name: str, data: bytes, max_pixels: int) -> bytes:
             buf = io.BytesIO()
             img.save(buf, "PNG")
             return buf.getvalue()
-    except Image.DecompressionBombError as e:
-        raise ApiError(413, f"{name}: too many pixels ({e})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ApiError(400, f"{name}: not a readable PNG or JPEG image ({e})") from None
+    except Image.DecompressionBombError:
+        raise ApiError(413, f"{name}: too many pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ApiError(400, f"{name}: not a readable PNG or JPEG image ({type(e).__name__})") from None
 
 
-def read_uploads(files) -> list[tuple[str, bytes]]:
-    limit = clients.get().settings.max_image_pixels
-    return [(f.filename or f"image-{i}", check_image(f.filename or f"image-{i}", f.read(), limit))
-            for i, f in enumerate(files)]
+def store_checked(entries, key_of) -> list[str]:
+    """Check and store (name, read) entries one by one (memory: a few images at a time);
+    on a bad one, remove what was stored and raise. Returns the keys."""
+    c = clients.get()
+    stored: list[str] = []
+    with ThreadPoolExecutor(8) as pool:
+        futures = []
+        try:
+            for i, (name, read) in enumerate(entries):
+                key = key_of(i, name)
+                futures.append(pool.submit(c.storage.put, key, check_image(name, read(), c.settings.max_image_pixels),
+                                           "image/png"))
+                stored.append(key)
+                if len(futures) >= 16:
+                    futures.pop(0).result()
+            for f in futures:
+                f.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            pool.shutdown(wait=True)
+            remove(stored)
+            raise
+    return stored
+
+
+def remove(keys: list[str]) -> None:
+    st = clients.get().storage
+    for key in keys:
+        try:
+            st.remove(key)
+        except Exception:  # noqa: BLE001 - best effort: an orphan is never referenced
+            pass
 
 
 def check_count(n: int, what: str = "a job") -> None:
@@ -83,11 +142,12 @@ def check_count(n: int, what: str = "a job") -> None:
         raise ApiError(413, f"{n} images; {what} takes at most {limit}")
 
 
-def ready_model(name: str) -> dict:
-    info = records.model_manifest(name)
+def ready_model(name: str) -> tuple[dict, str]:
+    """The model's current manifest and its owner ('tenant' or 'shared'); 409 unless ready."""
+    info, scope = records.find_model(name)
     if info["status"] != "ready":
         raise ApiError(409, f"model {name!r} is {info['status']}" + (f": {info['error']}" if info.get("error") else ""))
-    return info
+    return info, scope
 
 
 def check_methods(methods: dict[str, dict], info: dict) -> None:
@@ -108,100 +168,62 @@ def resolve_labels(labels: list | None, n: int, classes: list[str]) -> list[int]
     for i, lab in enumerate(labels):
         if isinstance(lab, str) and lab in classes:
             out.append(classes.index(lab))
-        elif isinstance(lab, int) and 0 <= lab < len(classes):
+        elif isinstance(lab, int) and not isinstance(lab, bool) and 0 <= lab < len(classes):
             out.append(lab)
         else:
-            raise ApiError(422, f"labels[{i}]: {lab!r} is not a class index 0..{len(classes) - 1} or a class name")
+            raise ApiError(422, f"labels[{i}]: {str(lab)[:100]!r} is not a class index 0..{len(classes) - 1} "
+                                "or a class name")
     return out
 
 
-def store_uploads(job: str, uploads: list[tuple[str, bytes]]) -> list[dict]:
-    st = clients.get().storage
-    inputs = [{"name": name, "key": keys.input(job, i)} for i, (name, _) in enumerate(uploads)]
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda a: st.put(a[0]["key"], a[1][1], "image/png"), zip(inputs, uploads)))
-    return inputs
-
-
-def valid_key(key: str) -> bool:
-    parts = key.split("/")
-    return bool(key) and len(key) <= 1024 and not key.startswith("/") and ".." not in parts and "" not in parts
-
-
-def check_keys(inputs: list[str]) -> list[dict]:
-    bad = [k for k in inputs if not valid_key(k)]
+def upload_keys(paths: list[str]) -> list[dict]:
+    """`inputs` of a JSON job: paths of the tenant's own uploads, which must exist."""
+    bad = [p for p in paths if not valid_path(p)]
     if bad:
-        raise ApiError(422, f"inputs: {len(bad)} invalid key(s): keys are 'folder/name.png' paths in the bucket", bad[:20])
+        raise ApiError(422, f"inputs: {len(bad)} invalid path(s): paths are like 'folder/name.png' in your uploads "
+                            "(letters, digits, '.', '_', '-'; no '..')", [str(b)[:200] for b in bad[:20]])
+    keys = Keys(auth.current().tenant)
     st = clients.get().storage
     with ThreadPoolExecutor(8) as pool:
-        found = list(pool.map(st.exists, inputs))
-    missing = [k for k, ok in zip(inputs, found) if not ok]
+        found = list(pool.map(lambda p: st.exists(keys.upload(p)), paths))
+    missing = [p for p, ok in zip(paths, found) if not ok]
     if missing:
-        raise ApiError(422, f"inputs: {len(missing)} key(s) not in bucket {st.bucket!r}", missing[:20])
-    return [{"name": k.rsplit("/", 1)[-1], "key": k} for k in inputs]
+        raise ApiError(422, f"inputs: {len(missing)} path(s) not in your uploads (POST /v1/uploads)", missing[:20])
+    return [{"name": p.rsplit("/", 1)[-1], "key": keys.upload(p)} for p in paths]
 
 
-def enqueue(job: str, *, kind: str, task: str, model: str, methods: dict, inputs: list[dict],
-            unit_size: int | None, manifest: dict) -> None:
-    c = clients.get()
-    size = unit_size or c.settings.unit_size
-    units = max(1, math.ceil(len(inputs) / size))
-    c.storage.put_json(keys.job(job), {
-        **manifest, "id": job, "kind": kind, "model": model, "methods": methods,
-        "inputs": inputs, "unit_size": size, "units": units, "created": time.time(),
-    })
-    c.jobs.create(job, kind=kind, model=model, methods=methods, total=len(inputs), units=units,
-                  name=manifest.get("name"))
-    for u in range(units):
-        first = u * size
-        c.celery.send_task(task, kwargs={"job": job, "unit": u, "first": first,
-                                         "count": min(size, len(inputs) - first)})
+def estimate(methods: dict, info: dict, n: int, units: int, options: dict | None = None) -> float:
+    """The job's cost in GFLOP: forward passes (registry costs, plus an audit's faithfulness
+    and sanity checks, plus one prediction per image) x the model's GFLOP per image."""
+    passes = n + sum(registry.get(m).cost(p, n, units) for m, p in methods.items())
+    if options is not None:
+        passes += n * len(methods) * 4 * (options["faithfulness_steps"] + 1)
+        layers = max(1, sum(1 for layer in info.get("layers", []) if layer.get("out_channels")))
+        sample = min(n, options["sanity_sample"])
+        passes += sum(layers * registry.get(m).cost(p, sample, 1) for m, p in methods.items())
+    return float(passes) * float(info.get("gflops") or 1.0)
 
 
-def submit_job(spec, files) -> str:
-    """A job from uploaded files or from `inputs` keys; returns its id."""
-    if files and spec.inputs:
-        raise ApiError(400, "give images as files or as 'inputs' keys, not both")
-    info = ready_model(spec.model)
-    check_methods(spec.methods, info)
-    n = len(files) if files else len(spec.inputs or [])
-    if n == 0:
-        raise ApiError(400, "no images: attach PNG/JPEG files (multipart) or list 'inputs' keys (JSON)")
-    check_count(n)
-    labels = resolve_labels(spec.labels, n, info["classes"])
-    uploads = read_uploads(files)
-    job = new_id()
-    inputs = store_uploads(job, uploads) if uploads else check_keys(spec.inputs)
-    enqueue(job, kind="job", task=EXPLAIN_UNIT, model=spec.model, methods=spec.methods, inputs=inputs,
-            unit_size=spec.unit_size, manifest={"name": spec.name, "labels": labels})
-    return job
+def admit_cost(gflop: float, units: int) -> dict:
+    """413 when the job alone passes the tenant's limits; 429 when the tenant's queued work
+    would (a check before anything is stored; `jobs.create` checks again atomically)."""
+    c, tenant = clients.get(), auth.current().tenant
+    limits = c.tenants.limits(tenant)
+    if gflop > limits["max_job_gflop"]:
+        raise ApiError(413, f"the job's estimated cost is {gflop:.3g} GFLOP; a job may cost at most "
+                            f"{limits['max_job_gflop']:.3g}", {"estimate": gflop, "limit": limits["max_job_gflop"]})
+    if units > limits["max_tenant_units"]:
+        raise ApiError(413, f"the job has {units} work units; at most {limits['max_tenant_units']:g} may be queued "
+                            "(use a larger unit_size)", {"units": units, "limit": limits["max_tenant_units"]})
+    usage = c.jobs.usage(tenant)
+    for what, adding, limit in (("jobs", 1, "max_tenant_jobs"), ("units", units, "max_tenant_units"),
+                                ("gflop", gflop, "max_tenant_gflop")):
+        if usage[what] + adding > limits[limit]:
+            too_busy(LimitExceeded(what, usage[what], adding, limits[limit]))
+    return limits
 
 
-def audit_inputs(audit: str, spec, upload, classes: list[str]) -> tuple[list[dict], list[int]]:
-    """The audit's images (stored if uploaded) and their class indices."""
-    s = clients.get().settings
-    if upload is not None:
-        entries, z = datasets.zip_entries(upload.read(), 4 * s.max_upload_mb * 2**20)
-    else:
-        entries = datasets.prefix_entries(clients.get().storage, spec.dataset)
-    check_count(len(entries), "an audit")
-    labels = [datasets.class_index(folder, classes) for folder, _, _ in entries]
-    if upload is None:
-        return [{"name": f"{folder}/{name}", "key": key} for folder, name, key in entries], labels
-    uploads = [(f"{folder}/{name}", check_image(f"{folder}/{name}", datasets.read_entry(z, info), s.max_image_pixels))
-               for folder, name, info in entries]
-    return store_uploads(audit, uploads), labels
-
-
-def submit_audit(spec, upload) -> str:
-    """An audit of an uploaded zip or a bucket prefix; returns its id."""
-    info = ready_model(spec.model)
-    check_methods(spec.methods, info)
-    if (upload is None) == (spec.dataset is None):
-        raise ApiError(400, "give the dataset as a 'dataset' zip file (multipart) or as a 'dataset' prefix (JSON)")
-    audit = new_id()
-    inputs, labels = audit_inputs(audit, spec, upload, info["classes"])
-    enqueue(audit, kind="audit", task=AUDIT_UNIT, model=spec.model, methods=spec.methods, inputs=inputs,
-            unit_size=spec.unit_size, manifest={"name": spec.name, "truth": labels,
-                                                "options": spec.options.model_dump()})
-    return audit
+def too_busy(e: LimitExceeded):
+    raise ApiError(429, f"your queued and running work would pass a limit: {e}; try again when some has finished",
+                   {"limit": e.what, "in_use": e.current, "adding": e.adding, "max": e.limit},
+                   headers={"Retry-After": "30"})

@@ -27,9 +27,14 @@ class RedisCollector:
         stats = self.clients.jobs.stats()
         for name, doc in COUNTERS.items():
             yield CounterMetricFamily(f"xaiq_{name}", doc, value=stats.get(name, 0.0))
-        depth = GaugeMetricFamily("xaiq_queue_depth", "Work units waiting in the queue")
-        depth.add_metric([], float(self.clients.jobs.r.llen(self.clients.settings.queue)))
-        yield depth
+        for name, doc, value in (
+                ("xaiq_queue_depth", "Work items waiting, all tenants", self.clients.dispatch.waiting),
+                ("xaiq_items_running", "Work items under a lease (running)", self.clients.dispatch.leased),
+                ("xaiq_tokens_queued", "Celery messages waiting", lambda: self.clients.jobs.r.llen(
+                    self.clients.settings.queue))):
+            gauge = GaugeMetricFamily(name, doc)
+            gauge.add_metric([], float(value()))
+            yield gauge
 
 
 def init_app(app: Flask) -> None:

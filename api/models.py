@@ -1,35 +1,67 @@
-"""/v1/models: register a model (architecture + weights, or TorchScript) and list its layers."""
+"""/v1/models: register a model (it is checked by a worker, confined, in the background)
+and read its manifest, layers and versions."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
-from celery.exceptions import TimeoutError as CeleryTimeout
 from flask import Blueprint, request
 
-from api import clients, intake, records
+from api import auth, clients, intake, records
 from api.errors import ApiError
-from api.openapi import doc
-from shared.messaging import INSPECT_MODEL
-from shared.schemas import ModelInfo, ModelList, ModelSpec
-from shared.storage import keys
+from api.openapi import doc, multipart
+from shared.schemas import ModelInfo, ModelList, ModelSpec, RegisterQuery
+from shared.storage import Keys
 
 bp = Blueprint("models", __name__, url_prefix="/v1/models")
+FORMATS = {"torchscript": "torchscript", "huggingface": "huggingface", "export": "export"}
 
 
 def weights_format(architecture: str, data: bytes) -> str:
-    if architecture == "torchscript":
-        return "torchscript"
+    if architecture in FORMATS:
+        return FORMATS[architecture]
     if len(data) > 8 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") < len(data):
         return "safetensors"
     return "state_dict"  # loaded by the worker with torch.load(weights_only=True)
 
 
+def completed_spec(spec: ModelSpec, data: bytes) -> dict:
+    """The spec, with what a Hugging Face model's configs say where the spec is silent."""
+    d = spec.model_dump()
+    if spec.architecture == "huggingface":
+        from shared import huggingface
+
+        try:
+            config, preprocessor = huggingface.read_configs(data)
+            found = huggingface.spec_from_configs(config, preprocessor)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ApiError(422, f"weights: not a zip of a save_pretrained folder: {str(e)[:300]}") from None
+        d = {**found, **{k: v for k, v in d.items() if v is not None}}
+        try:
+            ModelSpec.model_validate({k: d[k] for k in ModelSpec.model_fields})
+        except ValueError as e:
+            raise ApiError(422, f"the model's configs give an unusable spec: {str(e)[:300]}") from None
+    return d
+
+
+def version_of(data: bytes, spec: dict) -> str:
+    """Content hash of the weights and the spec: a job binds it at submit."""
+    h = hashlib.sha256(data)
+    h.update(json.dumps(spec, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
 @bp.post("")
-@doc(resp={"HTTP_201": ModelInfo, "HTTP_202": ModelInfo}, errors=(400, 401, 409, 413, 422), tags=["models"])
+@doc(query=RegisterQuery, form=multipart({"spec": "the model spec (ModelSpec) as JSON"}, files="weights",
+                                          required=("spec",)),
+     resp={"HTTP_202": ModelInfo}, errors=(400, 403, 409, 413, 422), tags=["models"])
 def register_model():
-    """Register a model: multipart with a `weights` file and a `spec` JSON field
-    (ModelSpec). A worker loads the weights safely and lists the layers; `?replace=1`
-    overwrites a model of the same name."""
+    """Register a model: multipart with a `weights` file and a `spec` JSON field (ModelSpec).
+    Answers 202 `registering` at once; a worker loads it confined and lists its layers, and
+    `GET /v1/models/{name}` then reads `ready` or `invalid` with the reason. `?replace=1` makes
+    a new version (running jobs keep theirs); `?shared=1` (admin key) registers a model every
+    tenant may use."""
     spec, _ = intake.read_spec(ModelSpec)
     weights = request.files.get("weights")
     if weights is None:
@@ -37,37 +69,48 @@ def register_model():
     data = weights.read()
     if not data:
         raise ApiError(400, "the 'weights' file is empty")
+    q = intake.read_query(RegisterQuery)
+    shared = q.shared in ("1", "true")
+    tenant = (auth.require_admin() if shared else auth.current()).tenant
+    k = Keys(None) if shared else Keys(tenant)
     c = clients.get()
-    if c.storage.exists(keys.model(spec.name)) and request.args.get("replace") not in ("1", "true"):
-        raise ApiError(409, f"model {spec.name!r} exists; POST with ?replace=1 to overwrite it")
+    if not shared and c.storage.exists(Keys(None).model(spec.name)):
+        raise ApiError(409, f"{spec.name!r} is the name of a shared model; choose another name")
+    current = c.storage.get_json_or_none(k.model(spec.name))
+    if current is not None and q.replace not in ("1", "true"):
+        raise ApiError(409, f"model {spec.name!r} exists; POST with ?replace=1 to register a new version")
+    d = completed_spec(spec, data)
     fmt = weights_format(spec.architecture, data)
-    c.storage.put(keys.weights(spec.name), data)
-    info = {**spec.model_dump(), "format": fmt, "status": "registering", "layers": [], "created": time.time()}
-    c.storage.put_json(keys.model(spec.name), info)
-    result = c.celery.send_task(INSPECT_MODEL, kwargs={"name": spec.name}, ignore_result=False)
-    try:
-        result.get(timeout=c.settings.model_inspect_timeout_s, propagate=False)
-    except CeleryTimeout:
-        return info, 202  # no worker yet: GET /v1/models/{name} shows when it is ready
-    finally:
-        result.forget()
-    info = c.storage.get_json(keys.model(spec.name))
-    if info["status"] == "invalid":
-        raise ApiError(422, f"the weights do not load into {spec.architecture!r}: {info['error']}")
-    return info, 201
+    version = version_of(data, {**d, "format": fmt})
+    info = {**d, "format": fmt, "version": version, "status": "registering", "layers": [], "created": time.time(),
+            "shared": shared, "weights_sha256": hashlib.sha256(data).hexdigest()}
+    c.storage.put(k.weights(spec.name, version), data)
+    c.storage.put_json(k.version(spec.name, version), info)
+    versions = [v for v in (current or {}).get("versions", []) if v["version"] != version]
+    info["versions"] = versions + [{"version": version, "status": "registering", "created": info["created"]}]
+    c.storage.put_json(k.model(spec.name), info)
+    c.enqueue(tenant, [{"tenant": tenant, "kind": "inspect", "shared": shared, "model": spec.name,
+                        "version": version}], front=True)
+    return info, 202
 
 
 @bp.get("")
-@doc(resp={"HTTP_200": ModelList}, errors=(401,), tags=["models"])
+@doc(resp={"HTTP_200": ModelList}, tags=["models"])
 def list_models():
-    """Registered models."""
+    """The models you may use: yours, then the shared ones (yours hide a shared one of the same name)."""
     st = clients.get().storage
-    names = sorted(filter(None, map(keys.model_name, st.list(keys.models()))))
-    return {"models": [m for m in (st.get_json_or_none(keys.model(n)) for n in names) if m]}
+    found: dict[str, dict] = {}
+    for k in (records.keys(), Keys(None)):
+        for name in sorted(filter(None, map(k.model_name, st.list(k.models(), limit=10000)))):
+            if name not in found:
+                info = st.get_json_or_none(k.model(name))
+                if info:
+                    found[name] = info
+    return {"models": list(found.values())}
 
 
 @bp.get("/<name>")
-@doc(resp={"HTTP_200": ModelInfo}, errors=(401, 404), tags=["models"])
+@doc(resp={"HTTP_200": ModelInfo}, errors=(404,), tags=["models"])
 def get_model(name: str):
-    """A model's manifest, with its layers by module path (e.g. `cnn.15`)."""
-    return records.model_manifest(name)
+    """A model's manifest: status, layers by module path (e.g. `cnn.15`), versions."""
+    return records.find_model(name)[0]

@@ -1,18 +1,24 @@
-"""Reading what the service stored: a job's or an audit's state, its items with signed
-URLs, its per-unit pictures, a model's manifest. Blueprints share these; they never
-import each other."""
+"""Reading what the service stored, for the caller's tenant only: a job's or an audit's
+state, its items with signed URLs, its per-unit pictures, a model's manifest. Another
+tenant's object answers 404 exactly like one that does not exist. Blueprints share these;
+they never import each other."""
 from __future__ import annotations
 
 import re
 
 from flask import url_for
 
-from api import clients
+from api import auth, clients
 from api.errors import ApiError
-from shared.jobs import FINAL
-from shared.storage import Storage, keys
+from shared.jobs import JobState, JobStatus
+from shared.schemas import NAME
+from shared.storage import Keys, Storage
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def keys() -> Keys:
+    return Keys(auth.current().tenant)
 
 
 def links(job: str, kind: str = "job") -> dict:
@@ -23,24 +29,31 @@ def links(job: str, kind: str = "job") -> dict:
             "page": url_for("ui.job_page", job=job)}
 
 
-def job_state(job: str) -> dict:
-    """Live state from Redis; the manifest in storage when Redis no longer has it. 404 if unknown."""
+def created(job: str, kind: str, gflop: float, limit: float):
+    """The 202 answer to a submitted job or audit."""
+    links_ = links(job, kind)
+    return ({"id": job, "status": "queued", "links": links_, "cost": {"estimate": gflop, "limit": limit}}, 202,
+            {"Location": links_["self"]})
+
+
+def state_of(job: str) -> JobState:
+    """The caller's job: live state from Redis, or its manifest when Redis no longer has it."""
+    tenant = auth.current().tenant
     if not JOB_ID.match(job):
-        raise ApiError(404, f"unknown job {job!r}")
+        raise ApiError(404, f"unknown job {job[:64]!r}")
     c = clients.get()
     state = c.jobs.get(job)
-    if state is None:
-        m = c.storage.get_json_or_none(keys.job(job))
-        if m is None:
-            raise ApiError(404, f"unknown job {job!r}")
-        state = {
-            "id": job, "kind": m.get("kind", "job"), "name": m.get("name"), "status": m.get("status", "queued"),
-            "model": m["model"], "methods": m["methods"],
-            "progress": m.get("progress", {"total": len(m["inputs"]), "done": 0, "failed": 0}),
-            "created": m["created"], "started": m.get("started"), "finished": m.get("finished"),
-            "error": m.get("error"),
-        }
-    return {**state, "links": links(job, state["kind"])}
+    if state is not None and state.tenant == tenant:
+        return state
+    m = c.storage.get_json_or_none(Keys(tenant).job(job))
+    if m is None or m.get("tenant", tenant) != tenant:
+        raise ApiError(404, f"unknown job {job!r}")
+    return JobState.from_manifest(m)
+
+
+def job_state(job: str) -> dict:
+    state = state_of(job)
+    return {**state.to_dict(), "links": links(job, state.kind)}
 
 
 def audit_state(audit: str, page: bool = False) -> dict:
@@ -53,39 +66,47 @@ def audit_state(audit: str, page: bool = False) -> dict:
 
 
 def recent(limit: int = 50, offset: int = 0) -> list[dict]:
-    """Jobs and audits, newest first."""
-    jobs = clients.get().jobs
+    """The caller's jobs and audits, newest first."""
+    c, tenant = clients.get(), auth.current().tenant
     out = []
-    for job in jobs.ids(offset, limit):
-        state = jobs.get(job)
-        if state:
-            out.append({**state, "links": links(job, state["kind"])})
+    for job in c.jobs.ids(tenant, offset, limit):
+        state = c.jobs.get(job)
+        if state and state.tenant == tenant:
+            out.append({**state.to_dict(), "links": links(job, state.kind)})
     return out
 
 
-def item_of(st: Storage, job: str, i: int, manifest: dict, job_status: str) -> dict:
-    """An image's item.json with signed URLs of its files, or its pending/failed stand-in."""
-    item = st.get_json_or_none(keys.item(job, i))
+def item_of(st: Storage, k: Keys, job: str, i: int, manifest: dict, job_status: str) -> dict:
+    """An image's item.json with signed URLs of its files, or its pending/failed stand-in
+    (no request context needed: it runs in a thread pool)."""
+    item = st.get_json_or_none(k.item(job, i))
     name = manifest["inputs"][i]["name"]
     if item is None:
-        if job_status not in FINAL:
-            return {"index": i, "name": name, "status": "pending"}
-        return {"index": i, "name": name, "status": "failed" if job_status == "failed" else "pending",
-                "error": "not run: the job was cancelled" if job_status == "cancelled" else None}
-    item["methods"] = {m: {"png": st.url(keys.item(job, i, f"{m}.png")), "npy": st.url(keys.item(job, i, f"{m}.npy"))}
+        status = {JobStatus.CANCELLED: "cancelled", JobStatus.FAILED: "failed",
+                  JobStatus.SUCCEEDED: "failed"}.get(JobStatus(job_status), "pending")
+        why = {"cancelled": "not run: the job was cancelled", "failed": "not run: its unit failed"}.get(status)
+        return {"index": i, "name": name, "status": status, "error": why}
+    item["methods"] = {m: {"png": st.url(k.item(job, i, f"{m}.png")), "npy": st.url(k.item(job, i, f"{m}.npy"))}
                        for m in item.get("methods", [])}
     return item
 
 
 def extras_of(st: Storage, job: str) -> dict:
     """Signed URLs of the per-unit pictures (figures, filter visualisations), by `{unit}/{name}`."""
-    prefix = keys.units(job)
-    return {k[len(prefix):]: st.url(k) for k in st.list(prefix)[:200] if k.endswith(".png")}
+    prefix = keys().units(job)
+    return {k[len(prefix):]: st.url(k) for k in st.list(prefix, limit=400) if k.endswith(".png")}
 
 
-def model_manifest(name: str) -> dict:
-    """A registered model's manifest; 404 if there is none."""
-    info = clients.get().storage.get_json_or_none(keys.model(name)) if "/" not in name else None
-    if info is None:
-        raise ApiError(404, f"unknown model {name!r}: register it with POST /v1/models (see GET /v1/models)")
-    return info
+def manifest_of(job: str) -> dict:
+    return clients.get().storage.get_json(keys().job(job))
+
+
+def find_model(name: str) -> tuple[dict, str]:
+    """A model the caller may use: its own first, then a shared one; (manifest, 'tenant' or 'shared')."""
+    st = clients.get().storage
+    if NAME.match(name):
+        for scope, k in (("tenant", keys()), ("shared", Keys(None))):
+            info = st.get_json_or_none(k.model(name))
+            if info is not None:
+                return info, scope
+    raise ApiError(404, f"unknown model {name[:64]!r}: register it with POST /v1/models (see GET /v1/models)")

@@ -1,12 +1,24 @@
-"""Web pages, server-rendered (no front-end build): jobs, a job's gallery, audit reports."""
+"""Web pages, server-rendered (no front-end build): sign-in, jobs, a job's gallery, audit
+reports. A page without a valid session redirects to the sign-in page."""
 from __future__ import annotations
 
 from flask import Blueprint, redirect, render_template, request, url_for
 
-from api import clients, records
-from shared.storage import keys
+from api import auth, clients, intake, records
+from api.errors import ApiError
+from api.openapi import doc, multipart
+from shared.schemas import NextQuery, PageQuery
+from shared.jobs import JobStatus
 
 bp = Blueprint("ui", __name__)
+
+
+def local_path(target: str | None) -> str:
+    """Where to go after signing in: a path of this site only (no open redirect)."""
+    target = target or ""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return url_for("ui.jobs_page")
+    return target
 
 
 @bp.get("/")
@@ -14,34 +26,88 @@ def index():
     return redirect(url_for("ui.jobs_page"))
 
 
+@bp.get("/ui/signin")
+@doc(query=NextQuery, public=True, html=True, tags=["pages"])
+def signin_page():
+    """The sign-in page (HTML): a field for the key; it sets an HttpOnly session cookie."""
+    return render_template("signin.html", next=local_path(request.args.get("next")), error=None)
+
+
+@bp.post("/ui/signin")
+@doc(form=multipart({"key": "an API key", "next": "the page to open"}, required=("key",)), public=True,
+     html=True, redirects=True, errors=(400, 401, 413), tags=["pages"])
+def signin():
+    """Sign in with a key (form field `key`, `next` a path of this site)."""
+    c = clients.get()
+    key = request.form.get("key", "").strip()
+    principal = c.tenants.principal(key) if key else None
+    target = local_path(request.form.get("next"))
+    if principal is None:
+        return render_template("signin.html", next=target, error="That key is not valid."), 401
+    resp = redirect(target)
+    resp.set_cookie(auth.COOKIE, c.tenants.open_session(principal), httponly=True, samesite="Strict",
+                    secure=request.is_secure, max_age=int(c.settings.session_hours * 3600))
+    return resp
+
+
+@bp.post("/ui/signout")
+@doc(html=True, redirects=True, errors=(403,), tags=["pages"])
+def signout():
+    """End the browser session."""
+    clients.get().tenants.close_session(request.cookies.get(auth.COOKIE, ""))
+    resp = redirect(url_for("ui.signin_page"))
+    resp.delete_cookie(auth.COOKIE)
+    return resp
+
+
 @bp.get("/ui")
+@doc(html=True, tags=["pages"])
 def jobs_page():
-    if request.args.get("key"):  # keep the key as a cookie, and out of URLs and access logs
-        resp = redirect(url_for("ui.jobs_page"))
-        resp.set_cookie("xaiq_key", request.args["key"], httponly=True, samesite="Strict")
-        return resp
-    return render_template("jobs.html", jobs=records.recent(100))
+    """Your jobs and audits (HTML)."""
+    return render_template("jobs.html", jobs=records.recent(100), tenant=auth.current().tenant)
 
 
 @bp.get("/ui/jobs/<job>")
+@doc(query=PageQuery, html=True, errors=(404, 422), tags=["pages"])
 def job_page(job: str):
+    """A job's images beside their maps (HTML)."""
     state = records.job_state(job)
     st = clients.get().storage
-    manifest = st.get_json(keys.job(job))
-    page = max(request.args.get("page", 1, type=int), 1)
+    manifest = records.manifest_of(job)
+    page = intake.read_query(PageQuery).page
     per_page = 24
-    indices = range((page - 1) * per_page, min(page * per_page, len(manifest["inputs"])))
-    items = [records.item_of(st, job, i, manifest, state["status"]) for i in indices]
+    indices = range(min((page - 1) * per_page, len(manifest["inputs"])), min(page * per_page, len(manifest["inputs"])))
+    items = [records.item_of(st, records.keys(), job, i, manifest, state["status"]) for i in indices]
     for item in items:
         item["input_url"] = st.url(manifest["inputs"][item["index"]]["key"])
     more = indices.stop < len(manifest["inputs"])
     return render_template("job.html", job=state, items=items, methods=list(state["methods"]),
-                           extras=records.extras_of(st, job), page=page, more=more)
+                           extras=records.extras_of(st, job), page=page, more=more,
+                           cancellable=not JobStatus(state["status"]).final)
+
+
+@bp.post("/ui/jobs/<job>/cancel")
+@doc(html=True, redirects=True, errors=(403, 404), tags=["pages"])
+def cancel_page(job: str):
+    """Cancel a job from its page (same-origin form)."""
+    state = records.state_of(job)
+    c = clients.get()
+    if c.jobs.cancel(job, state.tenant) == "cancelled":
+        c.end_job(job, JobStatus.CANCELLED)
+    return redirect(url_for("ui.job_page", job=job))
 
 
 @bp.get("/ui/audits/<audit>")
+@doc(html=True, errors=(404,), tags=["pages"])
 def audit_page(audit: str):
+    """An audit's report (HTML)."""
     state = records.audit_state(audit, page=True)
-    st = clients.get().storage
-    html = st.get(keys.report(audit, "html")).decode() if state["status"] == "succeeded" else None
+    html = None
+    if state["status"] == "succeeded":
+        html = clients.get().storage.get(records.keys().report(audit, "html")).decode()
     return render_template("audit.html", job=state, report_html=html)
+
+
+@bp.errorhandler(ApiError)
+def _page_error(e: ApiError):
+    return render_template("error.html", code=e.code, message=e.message), e.code

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 
 from client.sdk import Client
@@ -32,18 +31,21 @@ def run_audit(args) -> int:
     server = args.server or os.environ.get("XAIQ_SERVER")
     if server:
         return audit_with(Client(server), args)
-    from client.cli import register_digits
+    from client.cli import register_digits, tenant_key
     from client.stack import Stack
 
-    stack = Stack(Path(".xaiq/audit"), workers=args.workers, api_port=0, api_key=secrets.token_urlsafe(16))
+    stack = Stack(Path(".xaiq/audit"), workers=args.workers, api_port=0, s3_port=0, redis_port=0)
     print(f"no --server: starting the single-machine stack with {args.workers} worker(s) …", flush=True)
     try:
         stack.start()
-        client = Client(stack.api_url, stack.api_key)
+        if args.model == "digits-cnn" and not args.weights:
+            register_digits(Client(stack.api_url, stack.api_key))
+        client = Client(stack.api_url, tenant_key(stack))
         if args.weights:
-            client.register_model(json.loads(Path(args.spec).read_text()), args.weights, replace=True)
-        elif args.model == "digits-cnn":
-            register_digits(client)
+            info = client.register_model(json.loads(Path(args.spec).read_text()), args.weights, replace=True)
+            if info["status"] != "ready":
+                print(f"error: the model is {info['status']}: {info.get('error')}")
+                return 1
         return audit_with(client, args)
     finally:
         stack.stop()

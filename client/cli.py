@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import sys
 import time
 from pathlib import Path
@@ -16,10 +15,29 @@ DEFAULT_METHODS = {"saliency": {}, "gradcam": {}, "lime": {"num_samples": 300, "
 
 
 def register_digits(client: Client) -> dict:
-    """The shipped demo model (trained on scikit-learn's digits)."""
+    """The shipped demo model (trained on scikit-learn's digits), shared with every tenant
+    (needs the admin key); kept as it is when the same weights are registered already."""
+    import hashlib
+
     from worker.models import digits
 
-    return client.register_model(digits.manifest(), digits.WEIGHTS / "digits-cnn.safetensors", replace=True)
+    weights = (digits.WEIGHTS / "digits-cnn.safetensors").read_bytes()
+    try:
+        info = client.model("digits-cnn")
+        if info["status"] == "ready" and info.get("weights_sha256") == hashlib.sha256(weights).hexdigest():
+            return info
+    except ApiError as e:
+        if e.status != 404:
+            raise
+    return client.register_model(digits.manifest(), weights, replace=True, shared=True)
+
+
+def tenant_key(stack, tenant: str = "local") -> str:
+    """A key of an ordinary tenant for the single-machine stack (made once, kept in stack.json)."""
+    if not stack.tenant_key:
+        stack.tenant_key = Client(stack.api_url, stack.api_key).create_key(tenant, "made by xaiq up")["key"]
+        stack.save_state()
+    return stack.tenant_key
 
 
 def write_digit_samples(folder: Path, n: int) -> list[Path]:
@@ -36,23 +54,30 @@ def write_digit_samples(folder: Path, n: int) -> list[Path]:
 
 
 def cmd_up(args) -> int:
-    from client.stack import Stack
+    from client.stack import PortTaken, Stack
 
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else []
-    stack = Stack(Path(args.dir), workers=args.workers, gpus=gpus, api_port=args.port,
-                  api_key=args.api_key or secrets.token_urlsafe(16), torch_threads=args.torch_threads)
+    stack = Stack(Path(args.dir), workers=args.workers, gpus=gpus, api_port=args.port, api_key=args.api_key,
+                  torch_threads=args.torch_threads)
     try:
         stack.start()
         if not args.no_demo_model:
             register_digits(Client(stack.api_url, stack.api_key))
-        print(f"xaiq is up ({len(gpus) or args.workers} worker(s){' on GPUs ' + args.gpus if gpus else ''})\n"
-              f"  API:      {stack.api_url}   (docs: {stack.api_url}/docs, pages: {stack.api_url}/ui?key={stack.api_key})\n"
-              f"  API key:  {stack.api_key}\n  S3:       {stack.s3_url}\n  Redis:    {stack.redis_url}\n"
-              f"  logs:     {stack.logs}\nPress Ctrl-C to stop.", flush=True)
+        key = tenant_key(stack)
+        print(f"xaiq is up ({len(gpus) or args.workers} worker(s){' on GPUs ' + args.gpus if gpus else ''}); "
+              f"data and ports are kept in {stack.root}\n"
+              f"  API:         {stack.api_url}   (docs: {stack.api_url}/docs)\n"
+              f"  pages:       {stack.api_url}/ui   (sign in with a key below)\n"
+              f"  tenant key:  {key}   (tenant 'local': export XAIQ_API_KEY=...)\n"
+              f"  admin key:   {stack.api_key}   (xaiq keys create --tenant NAME)\n"
+              f"  S3:          {stack.s3_url}\n  Redis:       {stack.redis_url}\n"
+              f"  logs:        {stack.logs}\nPress Ctrl-C to stop.", flush=True)
         while True:
             time.sleep(1)
-            for name in stack.restart_dead():
-                print(f"restarted {name}", flush=True)
+            stack.restart_dead()
+    except PortTaken as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\nstopping…", flush=True)
         return 0
@@ -65,13 +90,13 @@ def cmd_demo(args) -> int:
     from client.stack import Stack
 
     root = Path(args.dir)
-    stack = Stack(root, workers=args.workers, api_port=args.port, api_key=secrets.token_urlsafe(16))
+    stack = Stack(root, workers=args.workers, api_port=args.port)
     print(f"starting Redis, the S3 server, the API and {args.workers} worker(s) under {root}/ …", flush=True)
     t0 = time.monotonic()
     try:
         stack.start()
-        client = Client(stack.api_url, stack.api_key)
-        model = register_digits(client)
+        model = register_digits(Client(stack.api_url, stack.api_key))
+        client = Client(stack.api_url, tenant_key(stack))
         print(f"registered model {model['name']} ({model['parameters']} parameters, {len(model['layers'])} layers)")
         paths = write_digit_samples(root / "samples", args.images)
         methods = json.loads(args.methods) if args.methods else DEFAULT_METHODS
@@ -86,9 +111,10 @@ def cmd_demo(args) -> int:
               f"{correct}/{len(items)} predicted right, in {time.monotonic() - t0:.1f} s in all")
         print(f"results (PNG pictures, raw .npy maps, results.json): {out.resolve()}")
         if args.keep:
-            print(f"pages: {stack.api_url}/ui/jobs/{job}?key={stack.api_key} — Ctrl-C to stop")
+            print(f"pages: {stack.api_url}/ui/jobs/{job} (sign in with the key {stack.tenant_key}) — Ctrl-C to stop")
             while True:
                 time.sleep(1)
+                stack.restart_dead()
         return 0 if state["status"] == "succeeded" else 1
     except KeyboardInterrupt:
         return 0
@@ -144,8 +170,63 @@ def cmd_models(args) -> int:
 
 def cmd_register(args) -> int:
     spec = json.loads(Path(args.spec).read_text()) if args.spec else {}
-    print(json.dumps(Client(args.server).register_model(spec, args.weights, replace=args.replace), indent=1))
+    print("uploading; a worker then checks the model (confined) …", file=sys.stderr, flush=True)
+    info = Client(args.server).register_model(spec, args.weights, replace=args.replace, shared=args.shared)
+    print(json.dumps(info, indent=1))
+    if info["status"] != "ready":
+        print(f"error: the model is {info['status']}: {info.get('error')}", file=sys.stderr)
+        return 1
     return 0
+
+
+def cmd_upload(args) -> int:
+    paths = [p for a in args.images for p in (sorted(f for f in Path(a).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+                                              if Path(a).is_dir() else [Path(a)])]
+    for path in Client(args.server).upload(paths, folder=args.folder):
+        print(path)
+    return 0
+
+
+def cmd_keys(args) -> int:
+    client = Client(args.server)
+    if args.action == "create":
+        made = client.create_key(args.tenant, args.name or "")
+        print(f"key for tenant {made['tenant']} (id {made['id']}); it is shown only now:\n{made['key']}")
+    elif args.action == "list":
+        for k in client.keys():
+            print(f"{k['id']}  {k['tenant']:20} {time.strftime('%Y-%m-%d %H:%M', time.localtime(k['created']))}  {k['name']}")
+    else:
+        print(f"revoked {client.revoke_key(args.id)['revoked']}")
+    return 0
+
+
+def cmd_tenants(args) -> int:
+    client = Client(args.server)
+    limits = {k: v for k, v in (("max_job_gflop", args.max_job_gflop), ("max_tenant_gflop", args.max_tenant_gflop),
+                                ("max_tenant_units", args.max_tenant_units), ("max_tenant_jobs", args.max_tenant_jobs))
+              if v is not None}
+    info = client.set_limits(args.tenant, **limits) if limits else client.tenant(args.tenant)
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def add_admin_commands(sub, with_server) -> None:
+    sp = with_server(sub.add_parser("keys", help="tenants' API keys (with the admin key)"))
+    sp.add_argument("action", choices=["create", "list", "revoke"])
+    sp.add_argument("id", nargs="?", help="revoke: the key's id (see list)")
+    sp.add_argument("--tenant", help="create: the tenant the key belongs to")
+    sp.add_argument("--name", help="create: a note, e.g. who uses the key")
+    sp.set_defaults(fn=cmd_keys)
+    sp = with_server(sub.add_parser("tenants", help="a tenant's limits and usage; set limits (admin key)"))
+    sp.add_argument("tenant")
+    for name, kind in (("max-job-gflop", float), ("max-tenant-gflop", float), ("max-tenant-units", int),
+                       ("max-tenant-jobs", int)):
+        sp.add_argument(f"--{name}", type=kind)
+    sp.set_defaults(fn=cmd_tenants)
+    sp = with_server(sub.add_parser("upload", help="store images (files or folders) in your uploads"))
+    sp.add_argument("images", nargs="+")
+    sp.add_argument("--folder", default="", help="e.g. sets/val/cat")
+    sp.set_defaults(fn=cmd_upload)
 
 
 def cmd_audit(args) -> int:
@@ -205,11 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     sp = with_server(sub.add_parser("register", help="register a model: weights file + JSON spec file"))
     sp.add_argument("weights")
     sp.add_argument("--spec", required=True, help="JSON file: name, architecture, input, mean, std, classes")
-    sp.add_argument("--replace", action="store_true")
+    sp.add_argument("--replace", action="store_true", help="register a new version of an existing model")
+    sp.add_argument("--shared", action="store_true", help="a model every tenant may use (admin key)")
     sp.set_defaults(fn=cmd_register)
+    add_admin_commands(sub, with_server)
 
     sp = with_server(sub.add_parser("audit", help="audit a dataset: a folder (one sub-folder per class), "
-                                                  "a .zip, or a bucket prefix"))
+                                                  "a .zip, or a folder of your uploads"))
     sp.add_argument("dataset")
     sp.add_argument("--model", required=True)
     sp.add_argument("--method", action="append", help="attribution method (repeatable; default saliency)")
@@ -220,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.set_defaults(fn=cmd_audit)
 
     args = p.parse_args(argv)
+    if args.command == "keys" and ((args.action == "create") != bool(args.tenant) or
+                                   (args.action == "revoke") != bool(args.id)):
+        p.error("keys create needs --tenant; keys revoke needs the key's id")
     try:
         return args.fn(args)
     except ApiError as e:

@@ -27,16 +27,33 @@ class ApiError(RuntimeError):
 
 
 class Client:
-    def __init__(self, server: str | None = None, api_key: str | None = None, timeout: float = 300):
+    """`patience`: how long reads (GET) ride out a restarting API or a storage outage (503),
+    retrying with backoff; submissions are never repeated behind your back."""
+
+    def __init__(self, server: str | None = None, api_key: str | None = None, timeout: float = 300,
+                 patience: float = 120):
         self.server = (server or os.environ.get("XAIQ_SERVER") or "http://127.0.0.1:8000").rstrip("/")
         self.session = requests.Session()
         key = api_key if api_key is not None else os.environ.get("XAIQ_API_KEY", "")
         if key:
             self.session.headers["Authorization"] = f"Bearer {key}"
-        self.timeout = timeout
+        self.timeout, self.patience = timeout, patience
+
+    def _request(self, method: str, path: str, **kw) -> requests.Response:
+        deadline, delay = time.monotonic() + (self.patience if method == "GET" else 0), 0.25
+        while True:
+            try:
+                r = self.session.request(method, f"{self.server}{path}", timeout=self.timeout, **kw)
+                if r.status_code != 503 or time.monotonic() + delay > deadline:
+                    return r
+            except requests.ConnectionError:
+                if time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def _call(self, method: str, path: str, **kw):
-        r = self.session.request(method, f"{self.server}{path}", timeout=self.timeout, **kw)
+        r = self._request(method, path, **kw)
         if r.status_code >= 400:
             try:
                 err = r.json()["error"]
@@ -46,10 +63,21 @@ class Client:
         return r.json()
 
     # --- models
-    def register_model(self, spec: dict, weights: str | Path | bytes, replace: bool = False) -> dict:
+    def register_model(self, spec: dict, weights: str | Path | bytes, replace: bool = False, shared: bool = False,
+                       wait: bool = True, timeout: float = 300) -> dict:
+        """Upload a model; with `wait`, poll until a worker has checked it (`ready` or
+        `invalid`, with the reason in `error`)."""
         data = weights if isinstance(weights, bytes) else Path(weights).read_bytes()
-        return self._call("POST", "/v1/models" + ("?replace=1" if replace else ""),
+        query = "&".join(q for q, on in (("replace=1", replace), ("shared=1", shared)) if on)
+        info = self._call("POST", "/v1/models" + (f"?{query}" if query else ""),
                           files={"weights": ("weights", data)}, data={"spec": json.dumps(spec)})
+        deadline = time.monotonic() + timeout
+        while wait and info["status"] == "registering":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"model {info['name']} still registering after {timeout} s (is a worker running?)")
+            time.sleep(0.3)
+            info = self.model(info["name"])
+        return info
 
     def models(self) -> list[dict]:
         return self._call("GET", "/v1/models")["models"]
@@ -70,9 +98,41 @@ class Client:
             body["labels"] = labels
         return self._call("POST", "/v1/jobs", files=files, data={"spec": json.dumps(body)})["id"]
 
-    def submit_keys(self, keys: list[str], model: str, methods: dict | None = None, **spec) -> str:
-        body = {"model": model, "methods": methods or {"saliency": {}}, "inputs": keys, **spec}
+    def submit_uploaded(self, paths: list[str], model: str, methods: dict | None = None, **spec) -> str:
+        """A job of images already stored with `upload` (their paths)."""
+        body = {"model": model, "methods": methods or {"saliency": {}}, "inputs": paths, **spec}
         return self._call("POST", "/v1/jobs", json=body)["id"]
+
+    # --- uploads
+    def upload(self, images: Iterable[str | Path | tuple[str, bytes]], folder: str = "") -> list[str]:
+        """Store images under `folder` of your uploads; returns their paths (for `inputs`)."""
+        files = []
+        for img in images:
+            name, data = (img if isinstance(img, tuple) else (Path(img).name, Path(img).read_bytes()))
+            files.append(("images", (name, io.BytesIO(data), "image/png")))
+        return self._call("POST", "/v1/uploads", files=files, data={"folder": folder})["stored"]
+
+    def uploads(self, folder: str = "") -> list[str]:
+        return self._call("GET", "/v1/uploads", params={"folder": folder})["paths"]
+
+    # --- keys and limits (the admin key)
+    def create_key(self, tenant: str, name: str = "") -> dict:
+        return self._call("POST", "/v1/keys", json={"tenant": tenant, "name": name})
+
+    def keys(self) -> list[dict]:
+        return self._call("GET", "/v1/keys")["keys"]
+
+    def revoke_key(self, key_id: str) -> dict:
+        return self._call("DELETE", f"/v1/keys/{key_id}")
+
+    def tenant(self, tenant: str) -> dict:
+        return self._call("GET", f"/v1/tenants/{tenant}")
+
+    def set_limits(self, tenant: str, **limits) -> dict:
+        return self._call("PUT", f"/v1/tenants/{tenant}/limits", json=limits)
+
+    def usage(self) -> dict:
+        return self._call("GET", "/v1/usage")
 
     def status(self, job: str) -> dict:
         return self._call("GET", f"/v1/jobs/{job}")
@@ -142,7 +202,8 @@ class Client:
 
     # --- audits
     def audit(self, dataset: str | Path, model: str, methods: dict | None = None, **spec) -> str:
-        """Audit a local folder (one sub-folder per class; zipped and uploaded), a .zip, or a bucket prefix."""
+        """Audit a local folder (one sub-folder per class; zipped and uploaded), a .zip, or a
+        folder of your uploads (laid out {folder}/{class}/{image})."""
         body = {"model": model, "methods": methods or {"saliency": {}}, **spec}
         path = Path(dataset)
         if path.is_dir() or path.suffix == ".zip":

@@ -1,169 +1,307 @@
-"""Live job state in Redis: status, progress counters, running units, cancel flag.
+"""Live job state in Redis: status, progress counters, running units, cancel flag, and
+each tenant's usage (unfinished jobs, open units, outstanding cost).
 
 A job has `units` work units. Each unit is accounted for exactly once (a Redis set),
-so a redelivered unit rewrites its outputs but counts nothing twice. Transitions are
-Lua scripts, atomic under concurrent workers.
+so a redelivered unit rewrites its outputs but counts nothing twice. Every transition is
+a Lua script, atomic under concurrent workers and API processes; a job is ended in one
+place (`_END`), whoever ends it.
 """
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict, dataclass
+from enum import StrEnum
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from shared.settings import Settings
 
-FINAL = ("succeeded", "failed", "cancelled")
 TTL_S = 7 * 24 * 3600  # live state of a finished job; the manifest in storage stays
 
-# Shared Lua: end a job in a final status once (TTL on its keys, a service-wide count).
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL
+
+
+FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Start(StrEnum):
+    """What `start_unit` says."""
+
+    RUN = "run"              # go ahead
+    EXHAUSTED = "exhausted"  # started too often (its worker died each time): count its images as failed
+    SKIP = "skip"            # the job is cancelled, ended or unknown: do nothing
+
+
+class Finish(StrEnum):
+    """What `finish_unit` says."""
+
+    COMPLETE = "complete"    # every unit is in and the job is not ended: the caller ends it (idempotent)
+    CANCELLED = "cancelled"  # this call ended the cancelled job
+    NOTHING = ""             # other units are still open, or the job had ended
+
+
+@dataclass
+class Progress:
+    total: int
+    done: int = 0
+    failed: int = 0
+
+
+@dataclass
+class JobState:
+    """The one shape of a job's state, from Redis or from its manifest."""
+
+    id: str
+    kind: str
+    tenant: str
+    status: JobStatus
+    model: str
+    methods: dict
+    progress: Progress
+    created: float
+    name: str | None = None
+    model_version: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    cost: float = 0.0
+
+    FIELDS = ("status", "progress", "started", "finished", "error")  # what ending a job writes to its manifest
+
+    @classmethod
+    def from_hash(cls, job: str, h: dict) -> "JobState":
+        num = lambda k: float(h[k]) if h.get(k) else None  # noqa: E731
+        return cls(id=job, kind=h.get("kind", "job"), tenant=h.get("tenant", ""), status=JobStatus(h["status"]),
+                   model=h["model"], methods=json.loads(h["methods"]),
+                   progress=Progress(int(h["total"]), int(h["done"]), int(h["failed"])), created=float(h["created"]),
+                   name=h.get("name") or None, model_version=h.get("model_version") or None,
+                   started=num("started"), finished=num("finished"), error=h.get("error") or None,
+                   cost=float(h.get("cost") or 0))
+
+    @classmethod
+    def from_manifest(cls, m: dict) -> "JobState":
+        p = m.get("progress") or {"total": len(m["inputs"])}
+        return cls(id=m["id"], kind=m.get("kind", "job"), tenant=m.get("tenant", ""),
+                   status=JobStatus(m.get("status", "queued")), model=m["model"], methods=m["methods"],
+                   progress=Progress(**p), created=m["created"], name=m.get("name"),
+                   model_version=m.get("model_version"), started=m.get("started"), finished=m.get("finished"),
+                   error=m.get("error"), cost=m.get("cost", 0.0))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["status"] = str(self.status)
+        return d
+
+
+class LimitExceeded(Exception):
+    """A tenant's limit would be passed: `what` is 'jobs', 'units' or 'gflop'."""
+
+    def __init__(self, what: str, current: float, adding: float, limit: float):
+        super().__init__(f"{what}: {current:g} in use + {adding:g} > limit {limit:g}")
+        self.what, self.current, self.adding, self.limit = what, current, adding, limit
+
+
+# Shared Lua: end a job in a final status once. KEYS: hash, units, running, attempts, usage,
+# cancelling. The tenant's usage drops what the job still held; the keys expire.
 _END = """
-local function finish(keys, status, now, err)
-  local st = redis.call('HGET', keys[1], 'status')
-  if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return false end
+local function is_final(st) return st == 'succeeded' or st == 'failed' or st == 'cancelled' end
+local function finish(keys, job, status, now, err)
+  if is_final(redis.call('HGET', keys[1], 'status')) then return false end
   redis.call('HSET', keys[1], 'status', status, 'finished', now)
-  if err ~= '' then redis.call('HSET', keys[1], 'error', err) end
+  if err ~= '' and redis.call('HEXISTS', keys[1], 'error') == 0 then redis.call('HSET', keys[1], 'error', err) end
   redis.call('HINCRBYFLOAT', 'xaiq:stats', 'jobs_' .. status, 1)
-  for _, k in ipairs(keys) do redis.call('EXPIRE', k, %d) end
+  local left = tonumber(redis.call('HGET', keys[1], 'cost_left') or '0')
+  if left > 0 then redis.call('HINCRBYFLOAT', keys[5], 'gflop', -left) end
+  redis.call('HSET', keys[1], 'cost_left', 0)
+  local open = tonumber(redis.call('HGET', keys[1], 'units')) - redis.call('SCARD', keys[2])
+  if open > 0 then redis.call('HINCRBY', keys[5], 'units', -open) end
+  redis.call('HINCRBY', keys[5], 'jobs', -1)
+  redis.call('ZREM', keys[6], job)
+  for i = 1, 4 do redis.call('EXPIRE', keys[i], %d) end
   return true
 end
 """ % TTL_S
 
+_ADMIT = """
+-- KEYS: hash, usage, tenant's job list; ARGV: job, now, fields (JSON), units, gflop, max_jobs, max_units, max_gflop
+local function cur(f) return tonumber(redis.call('HGET', KEYS[2], f) or '0') end
+local units, gflop = tonumber(ARGV[4]), tonumber(ARGV[5])
+if cur('jobs') + 1 > tonumber(ARGV[6]) then return {'jobs', tostring(cur('jobs')), '1', ARGV[6]} end
+if cur('units') + units > tonumber(ARGV[7]) then return {'units', tostring(cur('units')), ARGV[4], ARGV[7]} end
+if cur('gflop') + gflop > tonumber(ARGV[8]) then return {'gflop', tostring(cur('gflop')), ARGV[5], ARGV[8]} end
+for k, v in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[1], k, tostring(v)) end
+redis.call('HSET', KEYS[1], 'cost_left', ARGV[5], 'unit_cost', gflop / units)
+redis.call('HINCRBY', KEYS[2], 'jobs', 1)
+redis.call('HINCRBY', KEYS[2], 'units', units)
+redis.call('HINCRBYFLOAT', KEYS[2], 'gflop', gflop)
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], 0, tonumber(ARGV[2]) - %d)
+return {'ok'}
+""" % TTL_S
+
 _START = """
 -- KEYS: hash, running, attempts; ARGV: unit, now, max_attempts
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
-if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 'cancelled' end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'skip' end
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return st end
--- every start counts, retries and redeliveries after a crash alike: a unit that kills
--- its worker each time (out of memory, say) must end, not loop
-if redis.call('HINCRBY', KEYS[3], ARGV[1], 1) > tonumber(ARGV[3]) then return 'exhausted' end
-redis.call('SADD', KEYS[2], ARGV[1])
-if st == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[2])
+if st == 'succeeded' or st == 'failed' or st == 'cancelled' or redis.call('HGET', KEYS[1], 'cancel') == '1' then
+  return 'skip'
 end
-return 'ok'
+redis.call('SADD', KEYS[2], ARGV[1])
+if st == 'queued' then redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[2]) end
+-- every start counts, retries and restarts after a crash alike: a unit that kills its worker
+-- each time (out of memory, say) must end, not loop
+if redis.call('HINCRBY', KEYS[3], ARGV[1], 1) > tonumber(ARGV[3]) then return 'exhausted' end
+return 'run'
 """
 
 _FINISH = _END + """
--- KEYS: hash, units, running, attempts; ARGV: unit, done, failed, error, now, skipped, seconds
-redis.call('SREM', KEYS[3], ARGV[1])
-if redis.call('SADD', KEYS[2], ARGV[1]) == 1 and ARGV[6] == '0' then
-  redis.call('HINCRBY', KEYS[1], 'done', ARGV[2])
-  redis.call('HINCRBY', KEYS[1], 'failed', ARGV[3])
-  if ARGV[4] ~= '' and redis.call('HEXISTS', KEYS[1], 'error') == 0 then
-    redis.call('HSET', KEYS[1], 'error', ARGV[4])
+-- KEYS: hash, units, running, attempts, usage, cancelling; ARGV: job, unit, done, failed, error, now, skipped, seconds
+redis.call('SREM', KEYS[3], ARGV[2])
+local ended = is_final(redis.call('HGET', KEYS[1], 'status'))
+if redis.call('SADD', KEYS[2], ARGV[2]) == 1 and not ended then
+  local per = tonumber(redis.call('HGET', KEYS[1], 'unit_cost') or '0')
+  redis.call('HINCRBYFLOAT', KEYS[1], 'cost_left', -per)
+  redis.call('HINCRBYFLOAT', KEYS[5], 'gflop', -per)
+  redis.call('HINCRBY', KEYS[5], 'units', -1)
+  if ARGV[7] == '0' then
+    redis.call('HINCRBY', KEYS[1], 'done', ARGV[3])
+    redis.call('HINCRBY', KEYS[1], 'failed', ARGV[4])
+    if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[1], 'error') == 0 then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
+    redis.call('HINCRBYFLOAT', 'xaiq:stats', 'units', 1)
+    redis.call('HINCRBYFLOAT', 'xaiq:stats', 'images', ARGV[3])
+    redis.call('HINCRBYFLOAT', 'xaiq:stats', 'unit_seconds', ARGV[8])
   end
-  redis.call('HINCRBYFLOAT', 'xaiq:stats', 'units', 1)
-  redis.call('HINCRBYFLOAT', 'xaiq:stats', 'images', ARGV[2])
-  redis.call('HINCRBYFLOAT', 'xaiq:stats', 'unit_seconds', ARGV[7])
 end
-local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return '' end
-local complete = redis.call('SCARD', KEYS[2]) >= tonumber(redis.call('HGET', KEYS[1], 'units'))
-if redis.call('HGET', KEYS[1], 'cancel') == '1' and not complete then
-  if redis.call('SCARD', KEYS[3]) == 0 then
-    finish(KEYS, 'cancelled', ARGV[5], '')
-    return 'cancelled'
-  end
+if ended then return '' end
+-- a cancel wins over completion: the job ends cancelled once no unit runs
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then
+  if redis.call('SCARD', KEYS[3]) == 0 and finish(KEYS, ARGV[1], 'cancelled', ARGV[6], '') then return 'cancelled' end
   return ''
 end
--- every caller that finds all units in and the job not final may finish it: finishing is
--- idempotent, so a worker that dies while finishing leaves it to the next redelivery
-if complete then return 'complete' end
+-- every caller that finds all units in may end the job: ending is idempotent, so a worker that
+-- dies while ending leaves it to the next one
+if redis.call('SCARD', KEYS[2]) >= tonumber(redis.call('HGET', KEYS[1], 'units')) then return 'complete' end
 return ''
 """
 
 _CANCEL = _END + """
--- KEYS: hash, units, running, attempts; ARGV: now
+-- KEYS: hash, units, running, attempts, usage, cancelling; ARGV: job, now
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return st end
--- every unit is in: the job is finishing (an audit writes its report); too late to cancel
-if redis.call('SCARD', KEYS[2]) >= tonumber(redis.call('HGET', KEYS[1], 'units')) then return st end
-redis.call('HSET', KEYS[1], 'cancel', '1')
+if is_final(st) then return st end
+if redis.call('HGET', KEYS[1], 'cancel') ~= '1' then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+  redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
+end
 if redis.call('SCARD', KEYS[3]) == 0 then
-  finish(KEYS, 'cancelled', ARGV[1], '')
+  finish(KEYS, ARGV[1], 'cancelled', ARGV[2], '')
   return 'cancelled'
 end
 return 'cancelling'
 """
 
 _SET_FINAL = _END + """
--- KEYS: hash, units, running, attempts; ARGV: status, now, error
-if finish(KEYS, ARGV[1], ARGV[2], ARGV[3]) then return 1 end
+-- KEYS: hash, units, running, attempts, usage, cancelling; ARGV: job, status, now, error
+if finish(KEYS, ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return 1 end
 return 0
 """
 
 
+def job_keys(job: str, tenant: str) -> list[str]:
+    """Hash, units accounted for, running units, starts per unit, the tenant's usage, the cancels in flight."""
+    h = f"xaiq:job:{job}"
+    return [h, f"{h}:units", f"{h}:running", f"{h}:attempts", f"xaiq:usage:{tenant}", "xaiq:cancelling"]
+
+
+def redis_client(s: Settings, patient: bool) -> redis.Redis:
+    """Short timeouts; `patient` (workers) retries with backoff for about as long as storage."""
+    retries = 25 if patient else 1
+    return redis.Redis.from_url(s.redis_url, decode_responses=True, socket_timeout=5 if patient else 2,
+                                socket_connect_timeout=2, health_check_interval=15,
+                                retry=Retry(ExponentialBackoff(cap=5, base=0.2), retries),
+                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+
+
 class JobStore:
-    def __init__(self, s: Settings, client: redis.Redis | None = None):
-        self.r = client or redis.Redis.from_url(s.redis_url, decode_responses=True,
-                                                socket_timeout=10, socket_connect_timeout=5)
+    def __init__(self, s: Settings, client: redis.Redis | None = None, patient: bool = False):
+        self.r = client or redis_client(s, patient)
+        self._admit = self.r.register_script(_ADMIT)
         self._start = self.r.register_script(_START)
         self._finish = self.r.register_script(_FINISH)
         self._cancel = self.r.register_script(_CANCEL)
         self._set_final = self.r.register_script(_SET_FINAL)
 
-    @staticmethod
-    def _keys(job: str) -> list[str]:
-        """The job's hash, its set of units accounted for, its running units, attempts per unit."""
-        return [f"xaiq:job:{job}", f"xaiq:job:{job}:units", f"xaiq:job:{job}:running", f"xaiq:job:{job}:attempts"]
+    def tenant_of(self, job: str) -> str:
+        return self.r.hget(f"xaiq:job:{job}", "tenant") or ""
 
-    def create(self, job: str, *, kind: str, model: str, methods: dict, total: int, units: int,
-               name: str | None = None) -> None:
-        h = self._keys(job)[0]
-        now = time.time()
-        self.r.hset(h, mapping={
-            "kind": kind, "model": model, "methods": json.dumps(methods), "name": name or "",
-            "status": "queued", "total": total, "done": 0, "failed": 0, "units": units,
-            "created": now,
-        })
-        self.r.zadd("xaiq:jobs", {job: now})
-        self.r.zremrangebyscore("xaiq:jobs", 0, now - TTL_S)  # the list follows the live state's TTL
+    def create(self, job: str, *, tenant: str, kind: str, model: str, methods: dict, total: int, units: int,
+               name: str | None = None, model_version: str = "", gflop: float = 0.0,
+               limits: dict | None = None) -> None:
+        """Record a queued job, unless the tenant's limits (jobs, units, gflop) would be passed
+        (LimitExceeded); atomically with the tenant's usage."""
+        lim = {"jobs": 1e18, "units": 1e18, "gflop": 1e300, **(limits or {})}
+        fields = {"kind": kind, "tenant": tenant, "model": model, "model_version": model_version,
+                  "methods": json.dumps(methods), "name": name or "", "status": JobStatus.QUEUED.value,
+                  "total": total, "done": 0, "failed": 0, "units": units, "created": time.time(), "cost": gflop}
+        keys = job_keys(job, tenant)
+        out = self._admit(keys=[keys[0], keys[4], f"xaiq:tenant:{tenant}:jobs"],
+                          args=[job, fields["created"], json.dumps(fields), units, repr(float(gflop)),
+                                lim["jobs"], lim["units"], repr(float(lim["gflop"]))])
+        if out[0] != "ok":
+            raise LimitExceeded(out[0], float(out[1]), float(out[2]), float(out[3]))
         self.count(**{f"{kind}s_submitted": 1})
 
-    def get(self, job: str) -> dict | None:
-        h = self.r.hgetall(self._keys(job)[0])
-        if not h:
-            return None
-        return {
-            "id": job, "kind": h.get("kind", "job"), "name": h.get("name") or None,
-            "status": h["status"], "model": h["model"], "methods": json.loads(h["methods"]),
-            "progress": {"total": int(h["total"]), "done": int(h["done"]), "failed": int(h["failed"])},
-            "created": float(h["created"]),
-            "started": float(h["started"]) if h.get("started") else None,
-            "finished": float(h["finished"]) if h.get("finished") else None,
-            "error": h.get("error") or None,
-        }
+    def get(self, job: str) -> JobState | None:
+        h = self.r.hgetall(f"xaiq:job:{job}")
+        return JobState.from_hash(job, h) if h.get("status") else None
 
-    def ids(self, offset: int = 0, limit: int = 50) -> list[str]:
-        """Newest first."""
-        return self.r.zrevrange("xaiq:jobs", offset, offset + limit - 1)
+    def ids(self, tenant: str, offset: int = 0, limit: int = 50) -> list[str]:
+        """The tenant's jobs and audits, newest first."""
+        return self.r.zrevrange(f"xaiq:tenant:{tenant}:jobs", offset, offset + limit - 1)
 
-    def start_unit(self, job: str, unit: int, max_attempts: int = 1000) -> str:
-        """'ok' to run; else why not: 'cancelled', 'missing', a final status, or
-        'exhausted' when the unit already started `max_attempts` times."""
-        h, _, running, attempts = self._keys(job)
-        return self._start(keys=[h, running, attempts], args=[unit, time.time(), max_attempts])
+    def start_unit(self, job: str, tenant: str, unit: int, max_attempts: int = 1000) -> Start:
+        h, _, running, attempts, *_ = job_keys(job, tenant)
+        return Start(self._start(keys=[h, running, attempts], args=[unit, time.time(), max_attempts]))
 
-    def finish_unit(self, job: str, unit: int, done: int, failed: int, error: str = "",
-                    skipped: bool = False, seconds: float = 0.0) -> str:
-        """Accounts the unit once. Returns 'complete' when every unit is accounted for and
-        the job is not final yet (finishing is idempotent), 'cancelled' when this call
-        ended a cancelled job, else ''."""
-        return self._finish(keys=self._keys(job),
-                            args=[unit, done, failed, error[:2000], time.time(), int(skipped), seconds])
+    def finish_unit(self, job: str, tenant: str, unit: int, done: int, failed: int, error: str = "",
+                    skipped: bool = False, seconds: float = 0.0) -> Finish:
+        """Accounts the unit once (its images only if it ran: not `skipped`)."""
+        return Finish(self._finish(keys=job_keys(job, tenant), args=[
+            job, unit, done, failed, error[:2000], time.time(), int(skipped), seconds]))
 
-    def cancel(self, job: str) -> str:
-        return self._cancel(keys=self._keys(job), args=[time.time()])
+    def cancel(self, job: str, tenant: str) -> str:
+        """'cancelled' (ended now), 'cancelling' (units still run), a final status, or 'missing'."""
+        return self._cancel(keys=job_keys(job, tenant), args=[job, time.time()])
 
     def cancelled(self, job: str) -> bool:
-        return self.r.hget(self._keys(job)[0], "cancel") == "1"
+        return self.r.hget(f"xaiq:job:{job}", "cancel") == "1"
 
-    def set_final(self, job: str, status: str, error: str | None = None) -> bool:
+    def stuck_cancels(self, older_than_s: float) -> list[str]:
+        """Cancelled jobs whose running units have not reported for `older_than_s`."""
+        return self.r.zrangebyscore("xaiq:cancelling", 0, time.time() - older_than_s)
+
+    def set_final(self, job: str, tenant: str, status: JobStatus, error: str | None = None) -> bool:
         """End the job in `status` unless it already ended (then False)."""
-        return bool(self._set_final(keys=self._keys(job), args=[status, time.time(), (error or "")[:2000]]))
+        return bool(self._set_final(keys=job_keys(job, tenant), args=[job, str(status), time.time(),
+                                                                       (error or "")[:2000]]))
+
+    def usage(self, tenant: str) -> dict[str, float]:
+        u = self.r.hgetall(f"xaiq:usage:{tenant}")
+        return {"jobs": int(u.get("jobs", 0)), "units": int(u.get("units", 0)),
+                "gflop": max(0.0, round(float(u.get("gflop", 0)), 3))}
 
     # Service-wide counters (read by the API's /metrics, so they add up across processes).
     def count(self, **amounts: float) -> None:

@@ -12,13 +12,16 @@ README table (`python -m shared.methods`); the registry tests fail until both ex
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
+SEED = Field(default=0, ge=0, lt=2**32, description="random seed (0 .. 2**32 - 1)")
+
+
 class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SaliencyParams(Params):
@@ -29,7 +32,8 @@ class FiltersParams(Params):
     """Activations of filters of one layer, and one picture that maximises each filter."""
 
     layer: str = Field(description="module path of the layer, e.g. 'cnn.15' (see GET /v1/models/{name})")
-    filters: list[int] = Field(default=[0], min_length=1, max_length=64, description="filter (channel) indices")
+    filters: list[Annotated[int, Field(ge=0, lt=1 << 20)]] = Field(
+        default=[0], min_length=1, max_length=64, description="filter (channel) indices")
     iterations: int = Field(default=100, ge=1, le=2000, description="gradient-ascent steps")
     lr: float = Field(default=1.0, gt=0, le=100, description="Adam learning rate")
     style: Literal["readable", "seed"] = Field(
@@ -37,7 +41,7 @@ class FiltersParams(Params):
         description="'seed': start from the first image, plain Adam (the course exercise); "
         "'readable': start from noise with jitter and a smoothness penalty",
     )
-    seed: int = Field(default=0, description="random seed of the 'readable' start and jitter")
+    seed: int = SEED
 
 
 class LimeParams(Params):
@@ -45,12 +49,12 @@ class LimeParams(Params):
 
     num_samples: int = Field(default=1000, ge=10, le=20000)
     n_segments: int = Field(default=100, ge=2, le=2000)
-    compactness: float = Field(default=1.0, gt=0)
-    sigma: float = Field(default=1.0, ge=0)
-    num_features: int = Field(default=11, ge=1, description="superpixels shown in the picture")
-    min_weight: float = Field(default=0.05, ge=0, description="smallest |weight| shown in the picture")
+    compactness: float = Field(default=1.0, gt=0, le=1e6)
+    sigma: float = Field(default=1.0, ge=0, le=1e3)
+    num_features: int = Field(default=11, ge=1, le=100000, description="superpixels shown in the picture")
+    min_weight: float = Field(default=0.05, ge=0, le=1e12, description="smallest |weight| shown in the picture")
     positive_only: bool = False
-    seed: int = Field(default=0, description="random seed of the perturbations")
+    seed: int = SEED
     outputs: Literal["logits", "probabilities"] = Field(
         default="logits",
         description="what the surrogate fits: the model's raw outputs (the course exercise's; min_weight=0.05 is on "
@@ -63,7 +67,7 @@ class SmoothGradParams(Params):
 
     samples: int = Field(default=25, ge=1, le=500)
     noise: float = Field(default=0.15, ge=0, le=1, description="noise std as a fraction of each image's value range")
-    seed: int = 0
+    seed: int = SEED
 
 
 class IntegratedGradientsParams(Params):
@@ -85,8 +89,11 @@ class Method:
     params: type[Params]
     attribution: bool          # yields a per-pixel importance map (used by audits)
     uses_hooks: bool = False   # reads a layer through a forward hook (needs a model that allows hooks)
-    layer_kind: str = "any"    # what `params.layer` may name: "any" layer or a "conv" layer
+    layer_kind: str = "any"    # what `params.layer` may name: "any" layer, a "conv" layer, or a "spatial"
+    #                            one (output (C, h, w) or tokens that fold into a grid)
     example: dict = field(default_factory=dict)  # small, fast parameters; "{layer}": a conv layer's path
+    # forward passes (a backward counts as two) for (params, images, units): the job's cost estimate
+    cost: Callable[[dict, int, int], float] = lambda p, images, units: 3 * images
 
     @property
     def module(self) -> str:
@@ -113,8 +120,13 @@ class Method:
             convs = [p for p, layer in layers.items() if layer.get("conv")]
             raise ValueError(f"methods.{self.name}.layer: model {model['name']!r} has no layer {path!r}; "
                              f"convolutional layers: {', '.join(convs) or 'none'}")
-        if self.layer_kind == "conv" and not layers[path].get("conv"):
+        layer = layers[path]
+        if self.layer_kind == "conv" and not (layer.get("conv") or layer.get("tokens")):
             raise ValueError(f"methods.{self.name}.layer: {path!r} is not a convolutional layer")
+        shape = layer.get("shape")
+        if self.layer_kind == "spatial" and shape is not None and len(shape) != 3 and not layer.get("tokens"):
+            raise ValueError(f"methods.{self.name}.layer: {path!r} gives {len(shape)}-d outputs {shape}; "
+                             "filters need a layer with feature maps (channels x height x width)")
         width = layers[path].get("out_channels")
         for k in params.get("filters", []):
             if width is not None and not 0 <= k < width:
@@ -123,11 +135,15 @@ class Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("saliency", SaliencyParams, attribution=True),
-    Method("filters", FiltersParams, attribution=False, uses_hooks=True,
-           example={"layer": "{layer}", "filters": [0, 2, 5], "iterations": 3}),
-    Method("lime", LimeParams, attribution=True, example={"num_samples": 60, "n_segments": 20, "seed": 3}),
-    Method("smoothgrad", SmoothGradParams, attribution=True, example={"samples": 4, "seed": 1}),
-    Method("integrated_gradients", IntegratedGradientsParams, attribution=True, example={"steps": 5}),
+    Method("filters", FiltersParams, attribution=False, uses_hooks=True, layer_kind="spatial",
+           example={"layer": "{layer}", "filters": [0, 2, 5], "iterations": 3},
+           cost=lambda p, images, units: images + units * 3 * p["iterations"] * len(p["filters"])),
+    Method("lime", LimeParams, attribution=True, example={"num_samples": 60, "n_segments": 20, "seed": 3},
+           cost=lambda p, images, units: images * p["num_samples"]),
+    Method("smoothgrad", SmoothGradParams, attribution=True, example={"samples": 4, "seed": 1},
+           cost=lambda p, images, units: 3 * images * p["samples"]),
+    Method("integrated_gradients", IntegratedGradientsParams, attribution=True, example={"steps": 5},
+           cost=lambda p, images, units: 3 * images * p["steps"]),
     Method("gradcam", GradCamParams, attribution=True, uses_hooks=True, layer_kind="conv",
            example={"layer": "{layer}"}),
 ]}

@@ -2,20 +2,30 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from shared import methods as registry
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A path below the tenant's uploads: folders and a file name of letters, digits, '.', '_', '-'.
+SEGMENT = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$")
 # Names of the architectures the worker builds (worker/models/architectures.py; a test keeps them equal).
 BUILTIN_ARCHITECTURES = ("food11-cnn", "digits-cnn")
+ARCHITECTURES = (*BUILTIN_ARCHITECTURES, "torchscript", "huggingface", "export")
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Text = Annotated[str, Field(max_length=200)]
+
+
+def valid_path(path: str, max_parts: int = 16) -> bool:
+    """A relative path below the tenant's uploads: no '..', '.', empty parts, backslashes or NUL."""
+    parts = path.split("/") if isinstance(path, str) and len(path) <= 1024 else []
+    return 0 < len(parts) <= max_parts and all(SEGMENT.match(p) for p in parts)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def validate_methods(methods: dict[str, Any], attribution_only: bool = False) -> dict[str, dict]:
@@ -31,22 +41,22 @@ def validate_methods(methods: dict[str, Any], attribution_only: bool = False) ->
         if attribution_only and not method.attribution:
             raise ValueError(f"method {name!r} gives no attribution map; audits take: "
                              + ", ".join(m.name for m in registry.METHODS.values() if m.attribution))
-        out[name] = method.params.model_validate(params or {}).model_dump()
+        out[name] = method.params.model_validate({} if params is None else params).model_dump()
     return out
 
 
 class JobSpec(Strict):
     """What to explain: a registered model, the methods and (optionally) the target classes."""
 
-    model: str = Field(description="name of a registered model (GET /v1/models)")
+    model: str = Field(max_length=64, description="name of a registered model (GET /v1/models)")
     methods: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"saliency": {}},
         description="method name -> its parameters, e.g. {\"saliency\": {}, \"lime\": {\"num_samples\": 500}}",
     )
-    labels: list[int | str] | None = Field(
+    labels: list[StrictInt | Text] | None = Field(
         default=None, description="target class per image (index or class name); default: the predicted class")
     inputs: list[str] | None = Field(
-        default=None, description="JSON body only: keys of images already in the bucket")
+        default=None, description="JSON body only: paths of images stored with POST /v1/uploads, e.g. 'set1/a.png'")
     name: str | None = Field(default=None, max_length=200, description="a label for the job")
     unit_size: int | None = Field(default=None, ge=1, le=4096, description="images per work unit")
 
@@ -63,10 +73,17 @@ class Links(BaseModel):
     report: str | None = None
 
 
+class Cost(BaseModel):
+    estimate: float = Field(description="estimated cost in GFLOP (forward passes of one image x the model's GFLOP)")
+    limit: float = Field(description="the most one job may cost for this tenant")
+    unit: Literal["GFLOP"] = "GFLOP"
+
+
 class JobCreated(BaseModel):
     id: str
     status: JobStatusName
     links: Links
+    cost: Cost
 
 
 class Progress(BaseModel):
@@ -81,12 +98,14 @@ class JobStatus(BaseModel):
     name: str | None = None
     status: JobStatusName
     model: str
+    model_version: str | None = Field(default=None, description="the model version the job is bound to")
     methods: dict[str, dict[str, Any]]
     progress: Progress
     created: float
     started: float | None = None
     finished: float | None = None
     error: str | None = None
+    cost: float = Field(default=0.0, description="the job's estimated cost in GFLOP")
     links: Links
 
 
@@ -110,7 +129,7 @@ class MethodResult(BaseModel):
 class ResultItem(BaseModel):
     index: int
     name: str
-    status: Literal["done", "failed", "pending"]
+    status: Literal["done", "failed", "pending", "cancelled"]
     target: int | None = None
     prediction: Prediction | None = None
     methods: dict[str, MethodResult] = {}
@@ -136,21 +155,25 @@ class InputSize(Strict):
 
 
 class ModelSpec(Strict):
-    """A model to register: a built-in architecture + weights, or TorchScript."""
+    """A model to register: a built-in architecture + weights, TorchScript, a torch.export
+    program, or a Hugging Face `save_pretrained` folder (zipped), whose configs may give
+    `input`, `mean`, `std` and `classes`."""
 
     name: str = Field(description="letters, digits, '.', '_', '-'")
-    architecture: str = Field(description="built-in architecture (e.g. 'food11-cnn', 'digits-cnn') or 'torchscript'")
-    input: InputSize
-    mean: list[float] = Field(description="per-channel normalisation mean, in [0, 1] pixel units")
-    std: list[float] = Field(description="per-channel normalisation std")
-    classes: list[str] = Field(min_length=2)
+    architecture: str = Field(description="built-in architecture ('food11-cnn', 'digits-cnn'), 'torchscript', "
+                                          "'export' (a torch.export .pt2) or 'huggingface' (a zip of save_pretrained)")
+    input: InputSize | None = None
+    mean: list[float] | None = Field(default=None, max_length=16,
+                                     description="per-channel normalisation mean, in [0, 1] pixel units")
+    std: list[float] | None = Field(default=None, max_length=16, description="per-channel normalisation std")
+    classes: list[Text] | None = Field(default=None, min_length=2, max_length=100000)
 
     @field_validator("architecture")
     @classmethod
     def _architecture(cls, v):
-        if v not in (*BUILTIN_ARCHITECTURES, "torchscript"):
-            raise ValueError(f"unknown architecture {v!r}; built in: {', '.join(BUILTIN_ARCHITECTURES)}, "
-                             "or 'torchscript' for a scripted model")
+        if v not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {v!r}; built in: {', '.join(BUILTIN_ARCHITECTURES)}, or "
+                             "'torchscript', 'export', 'huggingface'")
         return v
 
     @field_validator("name")
@@ -161,11 +184,14 @@ class ModelSpec(Strict):
         return v
 
     @model_validator(mode="after")
-    def _channels(self):
-        c = self.input.channels
-        if len(self.mean) != c or len(self.std) != c:
+    def _complete(self):
+        if self.architecture != "huggingface" and None in (self.input, self.mean, self.std, self.classes):
+            raise ValueError("input, mean, std and classes are required (only a Hugging Face model's configs "
+                             "can give them)")
+        c = self.input.channels if self.input else None
+        if c is not None and self.mean is not None and self.std is not None and (len(self.mean) != c or len(self.std) != c):
             raise ValueError(f"mean and std need one value per input channel ({c})")
-        if any(s <= 0 for s in self.std):
+        if self.std is not None and any(s <= 0 for s in self.std):
             raise ValueError("std values must be > 0")
         return self
 
@@ -175,16 +201,35 @@ class Layer(BaseModel):
     type: str
     out_channels: int | None = None
     conv: bool = False
+    tokens: bool = False
+    shape: list[int] | None = Field(default=None, description="output shape of one image, when known")
 
 
-class ModelInfo(ModelSpec):
+class Version(BaseModel):
+    version: str
+    status: Literal["registering", "ready", "invalid"]
+    created: float
+    error: str | None = None
+
+
+class ModelInfo(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    format: Literal["safetensors", "state_dict", "torchscript"]
+    name: str
+    architecture: str
+    input: InputSize
+    mean: list[float]
+    std: list[float]
+    classes: list[str]
+    format: Literal["safetensors", "state_dict", "torchscript", "huggingface", "export"]
     status: Literal["registering", "ready", "invalid"]
+    version: str = Field(description="content hash of the weights and the spec; jobs bind it at submit")
+    versions: list[Version] = []
+    shared: bool = Field(default=False, description="a built-in model every tenant may use (read-only)")
     layers: list[Layer] = []
     hooks: bool = Field(default=True, description="layers can be read through forward hooks (filters, gradcam)")
     parameters: int | None = None
+    gflops: float | None = Field(default=None, description="GFLOP of one forward pass of one image")
     error: str | None = None
     created: float
 
@@ -197,23 +242,91 @@ class AuditOptions(Strict):
     faithfulness_steps: int = Field(default=16, ge=2, le=256, description="deletion/insertion steps")
     sanity_sample: int = Field(default=16, ge=0, le=512, description="images in the weight-randomisation check")
     shortcuts: bool = Field(default=True, description="cluster each class's maps to find shortcuts")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)
 
 
 class AuditSpec(Strict):
-    """Audit a dataset: a prefix of images in the bucket laid out `{prefix}/{class}/{file}`, or an uploaded zip."""
+    """Audit a dataset: a folder of your uploads laid out `{folder}/{class}/{file}`, or an uploaded zip."""
 
-    model: str
+    model: str = Field(max_length=64)
     methods: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"saliency": {}})
-    dataset: str | None = Field(default=None, description="bucket prefix, one folder per class (JSON body)")
-    options: AuditOptions = AuditOptions()
-    name: str | None = None
+    dataset: str | None = Field(default=None, description="folder of your uploads, one sub-folder per class (JSON body)")
+    options: AuditOptions = Field(default_factory=AuditOptions)
+    name: str | None = Field(default=None, max_length=200)
     unit_size: int | None = Field(default=None, ge=1, le=4096)
 
     @field_validator("methods")
     @classmethod
     def _methods(cls, v):
         return validate_methods(v, attribution_only=True)
+
+
+class Uploaded(BaseModel):
+    stored: list[str] = Field(description="paths to name in a job's `inputs` or an audit's `dataset`")
+
+
+class UploadList(BaseModel):
+    paths: list[str]
+    next: str | None = None
+
+
+class KeyRequest(Strict):
+    tenant: str = Field(description="1-63 lowercase letters, digits, '_' or '-'")
+    name: str = Field(default="", max_length=100, description="a note, e.g. who uses the key")
+
+
+class KeyInfo(BaseModel):
+    id: str
+    tenant: str
+    name: str = ""
+    created: float
+    key: str | None = Field(default=None, description="the key itself: shown once, when it is made")
+
+
+class KeyList(BaseModel):
+    keys: list[KeyInfo]
+
+
+class Limits(Strict):
+    max_job_gflop: float | None = Field(default=None, gt=0)
+    max_tenant_gflop: float | None = Field(default=None, gt=0)
+    max_tenant_units: int | None = Field(default=None, ge=1)
+    max_tenant_jobs: int | None = Field(default=None, ge=1)
+
+
+class TenantInfo(BaseModel):
+    tenant: str
+    limits: dict[str, float]
+    usage: dict[str, float]
+
+
+class ListQuery(BaseModel):
+    limit: int = Field(default=50, ge=1, le=500)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class ResultsQuery(BaseModel):
+    page: int = Field(default=1, ge=1, le=1_000_000)
+    per_page: int = Field(default=50, ge=1, le=500)
+
+
+class UploadsQuery(BaseModel):
+    folder: str = Field(default="", max_length=1024, pattern=r"^[A-Za-z0-9._/-]*$",
+                        description="list below this folder of your uploads")
+    limit: int = Field(default=1000, ge=1, le=10000)
+
+
+class PageQuery(BaseModel):
+    page: int = Field(default=1, ge=1, le=100_000)
+
+
+class RegisterQuery(BaseModel):
+    replace: Literal["0", "1", "true", "false"] = Field(default="0", description="1: register a new version")
+    shared: Literal["0", "1", "true", "false"] = Field(default="0", description="1: a shared model (admin key)")
+
+
+class NextQuery(BaseModel):
+    next: str = Field(default="/ui", max_length=2048, description="the page to open after signing in")
 
 
 class ErrorBody(BaseModel):

@@ -8,17 +8,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="XAIQ_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="XAIQ_", env_file=".env", extra="ignore",
+                                      use_attribute_docstrings=True)
 
     # --- Redis: the Celery broker and the live state of jobs.
     redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis for job state, broker and results (XAIQ_REDIS_URL)."""
+    """Redis for job state, broker and results; keep its append-only file on."""
     queue: str = "xaiq"
-    """Celery queue that workers consume (XAIQ_QUEUE)."""
+    """Celery queue that workers consume."""
 
     # --- Object storage (MinIO or any S3).
     s3_endpoint: str = "http://127.0.0.1:9000"
-    """S3 endpoint the API and workers talk to (XAIQ_S3_ENDPOINT)."""
+    """S3 endpoint the API and workers talk to."""
     s3_public_endpoint: str = ""
     """Endpoint that clients reach; presigned URLs are signed for it. Empty: s3_endpoint."""
     s3_access_key: str = "xaiq"
@@ -28,31 +29,58 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     """Region used to sign requests (given, so no location lookup)."""
     bucket: str = "xaiq"
-    """One bucket holds inputs/, models/, jobs/, audits/ (XAIQ_BUCKET)."""
+    """One bucket holds every tenant's objects under tenants/{name}/ and the shared models under models/."""
     url_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
     """Lifetime of presigned result URLs (at most 7 days)."""
+    storage_timeout_s: float = Field(5.0, gt=0)
+    """Connect and read timeout of one storage request."""
+    storage_retry_s: float = Field(120.0, ge=0)
+    """How long a worker keeps retrying storage (with backoff) before a unit fails; the API gives up
+    after 2 s and answers 503."""
 
     # --- API.
     api_key: str = ""
-    """If set, every /v1 request needs `Authorization: Bearer <key>` (or X-API-Key)."""
+    """The admin key: manages tenants' keys (`xaiq keys`) and is itself tenant 'admin'. Empty: no
+    authentication at all, one tenant 'default' (for a laptop only)."""
     max_upload_mb: int = 256
     """Largest request body; larger uploads get 413."""
+    max_json_mb: int = Field(16, ge=1)
+    """Largest JSON body or `spec` field; larger ones get 413 before they are parsed."""
+    max_json_depth: int = Field(32, ge=4)
+    """Deepest nesting of a JSON body or `spec` field; deeper ones get 400 before they are parsed."""
     max_image_pixels: int = 4096 * 4096
     """Largest input image (width x height); larger ones get 413."""
     max_images_per_job: int = 20000
-    """Most images in one job or audit; more get 413."""
-    model_inspect_timeout_s: float = 60.0
-    """How long POST /v1/models waits for a worker to load and inspect the weights."""
+    """Most images in one job or audit (also files in one multipart request); more get 413."""
+    session_hours: float = Field(12.0, gt=0)
+    """Lifetime of a browser sign-in."""
+
+    # --- Costs: estimates in GFLOP (forward passes of one image x the model's GFLOP per image).
+    max_job_gflop: float = Field(3e7, gt=0)
+    """Largest estimated cost of one job or audit; larger ones get 413 with the estimate."""
+    max_tenant_gflop: float = Field(1e8, gt=0)
+    """Most estimated cost a tenant may have queued or running; beyond it 429 (per tenant: `xaiq tenants`)."""
+    max_tenant_units: int = Field(10000, ge=1)
+    """Most work units a tenant may have queued or running; a job with more gets 413, beyond it 429."""
+    max_tenant_jobs: int = Field(100, ge=1)
+    """Most unfinished jobs and audits of one tenant; beyond it 429."""
 
     # --- Work units.
     unit_size: int = Field(32, ge=1, le=4096)
     """Images per work unit: big enough to fill the device, small enough to spread."""
     unit_retries: int = 3
     """Retries of a failing work unit before its images count as failed."""
+    lease_s: float = Field(30.0, ge=3)
+    """A running unit's lease in Redis, renewed every third of it; a unit whose lease lapses (its
+    process died) is queued again by the reaper of any worker or API process."""
+    reap_every_s: float = Field(10.0, gt=0)
+    """How often a reaper looks for lapsed leases, missing queue tokens and stuck cancels."""
+    cancel_grace_s: float = Field(3.0, ge=0)
+    """A cancelled job whose running units have not stopped after this long is ended by the reaper."""
     task_time_limit_s: int = 1800
     """Hard limit of one work unit; must stay below visibility_timeout_s."""
     visibility_timeout_s: int = 3600
-    """Redis redelivers an unacknowledged unit after this long."""
+    """Last resort: Redis redelivers a Celery message unacknowledged this long (leases act sooner)."""
 
     # --- Worker.
     device: str = "auto"
@@ -61,6 +89,10 @@ class Settings(BaseSettings):
     """Intra-op threads per worker process; 0 leaves torch's default."""
     model_cache_size: int = 4
     """Models kept loaded per worker process."""
+    model_inspect_timeout_s: float = Field(60.0, gt=0)
+    """Wall-clock limit of loading and checking an uploaded model in its confined process."""
+    model_inspect_memory_mb: int = Field(4096, ge=512)
+    """Address-space limit of that process."""
     worker_metrics_port: int = 0
     """If set, each worker serves Prometheus metrics on this port (+ its process index)."""
 
@@ -68,3 +100,17 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def markdown_table() -> str:
+    """The README's configuration table, from the fields above."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        default = f"`{f.default!r}`" if f.default not in ("", None) else "empty"
+        text = " ".join((f.description or "").split()).replace("|", "\\|")
+        rows.append(f"| `XAIQ_{name.upper()}` | {default} | {text} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

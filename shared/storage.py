@@ -1,8 +1,11 @@
 """Object storage (MinIO or any S3) through the minio SDK, and the key layout.
 
-Every object key is spelled here, in `Keys`, and nowhere else (one bucket):
-  models/{name}/model.json, models/{name}/weights   a registered model
-  inputs/{job}/{i}.png                      uploaded inputs
+Every object key is spelled here, in `Keys`, and nowhere else (one bucket). Each tenant's
+objects lie under `tenants/{tenant}/`; the shared, read-only models under `models/`:
+  models/{name}/model.json                  a model's current manifest (with its versions)
+  models/{name}/{version}/model.json|weights  one version (content hash of weights and spec)
+  uploads/{path}                            images stored with POST /v1/uploads
+  inputs/{job}/{i}.png                      images uploaded with a job
   jobs/{job}/job.json                       the job manifest (spec, inputs, final status)
   jobs/{job}/items/{i}/item.json            prediction, timings
   jobs/{job}/items/{i}/{method}.png|.npy    one picture and the raw map per method
@@ -14,26 +17,33 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlparse
 
 import urllib3
 from minio import Minio
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error, ServerError
 
 from shared.settings import Settings
 
 
 MISSING = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")  # S3 error codes of an absent object
+BUSY = ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout")  # S3 error codes worth a retry
+API_RETRY_S = 2.0   # the API answers 503 after this; workers wait `storage_retry_s`
+
+
+class StorageUnavailable(Exception):
+    """Storage did not answer within the retry budget."""
 
 
 def _client(endpoint: str, s: Settings) -> Minio:
     url = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
     http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=5, read=60),
+        timeout=urllib3.Timeout(connect=min(2.0, s.storage_timeout_s), read=s.storage_timeout_s),
         maxsize=16,
-        retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        retries=urllib3.Retry(total=1, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
     )
     return Minio(
         endpoint=url.netloc,
@@ -45,40 +55,64 @@ def _client(endpoint: str, s: Settings) -> Minio:
     )
 
 
-class Storage:
-    """One per process (the minio client is not fork-safe): use `storage(settings)`."""
+def _transient(e: Exception) -> bool:
+    if isinstance(e, S3Error):
+        return e.code in BUSY
+    return isinstance(e, (urllib3.exceptions.HTTPError, ServerError, InvalidResponseError, OSError))
 
-    def __init__(self, s: Settings):
+
+class Storage:
+    """One per process (the minio client is not fork-safe): use `storage(settings, patient)`.
+    Every call retries transient failures with backoff for `retry_s`, then raises
+    StorageUnavailable."""
+
+    def __init__(self, s: Settings, patient: bool = False):
         self.bucket = s.bucket
         self.expiry = timedelta(seconds=s.url_expiry_s)
+        self.retry_s = s.storage_retry_s if patient else API_RETRY_S
         self.client = _client(s.s3_endpoint, s)
         # Presigned URLs sign the Host header: sign them for the endpoint clients use.
         self.public = _client(s.s3_public_endpoint, s) if s.s3_public_endpoint else self.client
 
+    def _call(self, fn, *args, **kw):
+        deadline, delay = time.monotonic() + self.retry_s, 0.25
+        while True:
+            try:
+                return fn(*args, **kw)
+            except Exception as e:  # noqa: BLE001 - sorted by _transient
+                if not _transient(e):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise StorageUnavailable(f"storage did not answer: {type(e).__name__}") from e
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def ensure_bucket(self) -> None:
         try:
-            if not self.client.bucket_exists(bucket_name=self.bucket):
-                self.client.make_bucket(bucket_name=self.bucket)
+            if not self._call(self.client.bucket_exists, bucket_name=self.bucket):
+                self._call(self.client.make_bucket, bucket_name=self.bucket)
         except S3Error as e:  # another process created it between the two calls
             if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self.client.put_object(
+        self._call(lambda: self.client.put_object(
             bucket_name=self.bucket, object_name=key, data=io.BytesIO(data), length=len(data),
-            content_type=content_type,
-        )
+            content_type=content_type))
 
     def put_json(self, key: str, obj) -> None:
-        self.put(key, json.dumps(obj, indent=1).encode(), "application/json")
+        self.put(key, json.dumps(obj, indent=1, allow_nan=False).encode(), "application/json")
 
-    def get(self, key: str) -> bytes:
+    def _get(self, key: str) -> bytes:
         resp = self.client.get_object(bucket_name=self.bucket, object_name=key)
         try:
             return resp.read()
         finally:
             resp.close()
             resp.release_conn()
+
+    def get(self, key: str) -> bytes:
+        return self._call(self._get, key)
 
     def get_json(self, key: str):
         return json.loads(self.get(key))
@@ -91,18 +125,27 @@ class Storage:
                 return None
             raise
 
+    def remove(self, key: str) -> None:
+        self._call(self.client.remove_object, bucket_name=self.bucket, object_name=key)
+
     def exists(self, key: str) -> bool:
         try:
-            self.client.stat_object(bucket_name=self.bucket, object_name=key)
+            self._call(self.client.stat_object, bucket_name=self.bucket, object_name=key)
             return True
         except S3Error as e:
             if e.code in MISSING:
                 return False
             raise
 
-    def list(self, prefix: str, recursive: bool = True) -> list[str]:
-        return [o.object_name for o in self.client.list_objects(
-            bucket_name=self.bucket, prefix=prefix, recursive=recursive)]
+    def list(self, prefix: str, recursive: bool = True, limit: int | None = None) -> list[str]:
+        def listing():
+            out = []
+            for o in self.client.list_objects(bucket_name=self.bucket, prefix=prefix, recursive=recursive):
+                out.append(o.object_name)
+                if limit is not None and len(out) >= limit:
+                    break
+            return out
+        return self._call(listing)
 
     def url(self, key: str) -> str:
         return self.public.presigned_get_object(bucket_name=self.bucket, object_name=key, expires=self.expiry)
@@ -114,64 +157,79 @@ class Storage:
 _per_process: dict[tuple[int, str], Storage] = {}
 
 
-def storage(s: Settings) -> Storage:
-    """The process's Storage for these settings (a fresh one after fork)."""
-    key = (os.getpid(), s.model_dump_json())
+def storage(s: Settings, patient: bool = False) -> Storage:
+    """The process's Storage for these settings (a fresh one after fork); `patient` for workers."""
+    key = (os.getpid(), patient, s.model_dump_json())
     if key not in _per_process:
-        _per_process[key] = Storage(s)
+        _per_process[key] = Storage(s, patient)
     return _per_process[key]
 
 
 @dataclass(frozen=True)
 class Keys:
-    """The object keys of the layout above."""
+    """The object keys of one owner: a tenant (under `tenants/{tenant}/`), or None for the
+    shared, read-only models."""
+
+    tenant: str | None = None
+
+    @property
+    def root(self) -> str:
+        return f"tenants/{self.tenant}/" if self.tenant else ""
+
+    def owns(self, key: str) -> bool:
+        return bool(self.tenant) and key.startswith(self.root)
+
+    # --- models: the current manifest, and each version's manifest and weights
+    def models(self) -> str:
+        return f"{self.root}models/"
 
     def model(self, name: str) -> str:
-        return f"models/{name}/model.json"
-
-    def weights(self, name: str) -> str:
-        return f"models/{name}/weights"
-
-    def models(self) -> str:
-        return "models/"
+        return f"{self.root}models/{name}/model.json"
 
     def model_name(self, key: str) -> str | None:
         """The model a listed key under `models()` is the manifest of, else None."""
         rest = key[len(self.models()):].split("/") if key.startswith(self.models()) else []
         return rest[0] if len(rest) == 2 and rest[1] == "model.json" else None
 
+    def version(self, name: str, version: str) -> str:
+        return f"{self.root}models/{name}/{version}/model.json"
+
+    def weights(self, name: str, version: str) -> str:
+        return f"{self.root}models/{name}/{version}/weights"
+
+    # --- uploads: images a tenant stores to name in jobs (`inputs`) and audits (`dataset`)
+    def upload(self, path: str) -> str:
+        return f"{self.root}uploads/{path}"
+
+    def uploads(self, prefix: str = "") -> str:
+        return f"{self.root}uploads/{prefix.strip('/') + '/' if prefix.strip('/') else ''}"
+
+    # --- jobs and audits
     def input(self, job: str, i: int) -> str:
-        return f"inputs/{job}/{i}.png"
+        return f"{self.root}inputs/{job}/{i}.png"
+
+    def inputs(self, job: str) -> str:
+        return f"{self.root}inputs/{job}/"
 
     def job(self, job: str) -> str:
-        return f"jobs/{job}/job.json"
+        return f"{self.root}jobs/{job}/job.json"
 
     def item(self, job: str, i: int, name: str = "item.json") -> str:
         """`item.json`, or a method's file such as `saliency.png`."""
-        return f"jobs/{job}/items/{i}/{name}"
+        return f"{self.root}jobs/{job}/items/{i}/{name}"
 
     def unit(self, job: str, unit: int, name: str) -> str:
-        return f"jobs/{job}/units/{unit}/{name}"
+        return f"{self.root}jobs/{job}/units/{unit}/{name}"
 
     def units(self, job: str) -> str:
-        return f"jobs/{job}/units/"
+        return f"{self.root}jobs/{job}/units/"
 
     def audit_partial(self, job: str, unit: int) -> str:
-        return f"audits/{job}/partials/{unit}.npz"
+        return f"{self.root}audits/{job}/partials/{unit}.npz"
 
     def audit_partials(self, job: str) -> str:
-        return f"audits/{job}/partials/"
+        return f"{self.root}audits/{job}/partials/"
 
     def report(self, job: str, ext: str) -> str:
         """`json` or `html`."""
-        return f"audits/{job}/report.{ext}"
-
-
-keys = Keys()
-
-
-def record_final(st: Storage, state: dict) -> None:
-    """Copy a job's final state (JobStore.get) into its manifest, the durable record."""
-    manifest = st.get_json(keys.job(state["id"]))
-    manifest.update({k: state[k] for k in ("status", "progress", "started", "finished", "error")})
-    st.put_json(keys.job(state["id"]), manifest)
+        return f"{self.root}audits/{job}/report.{ext}"

@@ -29,9 +29,9 @@ def services(tmp_path_factory):
     top of them for end-to-end tests."""
     from client.stack import Stack
 
-    s = Stack(tmp_path_factory.mktemp("stack"), workers=1, api_port=0, s3_port=0,
+    s = Stack(tmp_path_factory.mktemp("stack"), workers=1, api_port=0, s3_port=0, redis_port=0,
               api_key=secrets.token_urlsafe(12), torch_threads=1,
-              extra_env={"XAIQ_UNIT_SIZE": "16", "XAIQ_UNIT_RETRIES": "1"})
+              extra_env={"XAIQ_UNIT_SIZE": "16", "XAIQ_UNIT_RETRIES": "1", "XAIQ_MODEL_INSPECT_TIMEOUT_S": "15"})
     yield s
     s.stop()
     if os.environ.get("CI"):
@@ -77,32 +77,56 @@ def stack(services, settings):
 
 
 @pytest.fixture(scope="session")
-def client(stack):
+def admin(stack):
+    """The SDK with the admin key."""
     from client.sdk import Client
 
     return Client(stack.api_url, stack.api_key)
 
 
 @pytest.fixture(scope="session")
+def tenant_key(admin) -> str:
+    """A key of tenant 'alice', the tenant most tests act as."""
+    return admin.create_key("alice", "tests")["key"]
+
+
+@pytest.fixture(scope="session")
+def client(stack, tenant_key):
+    """The SDK as tenant 'alice'."""
+    from client.sdk import Client
+
+    return Client(stack.api_url, tenant_key)
+
+
+@pytest.fixture(scope="session")
+def other_client(stack, admin):
+    """The SDK as tenant 'bob', a stranger to alice."""
+    from client.sdk import Client
+
+    return Client(stack.api_url, admin.create_key("bob", "tests")["key"])
+
+
+@pytest.fixture(scope="session")
 def app(settings):
     from api import create_app
 
-    return create_app(settings)
+    return create_app(settings, reaper=False)
 
 
 @pytest.fixture()
-def http(app, stack):
-    """Flask's test client with the API key."""
+def http(app, tenant_key):
+    """Flask's test client as tenant 'alice'."""
     c = app.test_client()
-    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {stack.api_key}"
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {tenant_key}"
     return c
 
 
 @pytest.fixture(scope="session")
-def digits_model(client):
+def digits_model(admin):
+    """The shipped digits CNN, registered as a shared model."""
     from client.cli import register_digits
 
-    info = register_digits(client)
+    info = register_digits(admin)
     assert info["status"] == "ready", info
     return info
 

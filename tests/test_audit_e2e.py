@@ -93,15 +93,15 @@ def test_report_contents_and_html(planted_audits, client):
     assert all("correct" in it and "faithfulness" in it for it in items[:50])
 
 
-def test_audit_from_a_bucket_prefix_and_errors(client, digits_model, settings, http):
-    from shared.storage import Storage
-
-    st = Storage(settings)
+def test_audit_of_a_folder_of_uploads_and_errors(client, digits_model, http):
     images, labels = digit_images(40)
-    for i, (img, label) in enumerate(zip(images, labels)):
-        buf = io.BytesIO()
-        img.save(buf, "PNG")
-        st.put(f"datasets/prefix-test/{label}/{i}.png", buf.getvalue(), "image/png")
+    for label in sorted(set(labels)):
+        pngs = []
+        for i in [j for j, lab in enumerate(labels) if lab == label]:
+            buf = io.BytesIO()
+            images[i].save(buf, "PNG")
+            pngs.append((f"{i}.png", buf.getvalue()))
+        client.upload(pngs, folder=f"datasets/prefix-test/{label}")
     r = client.session.post(f"{client.server}/v1/audits", json={"model": "digits-cnn", "dataset": "datasets/prefix-test",
                                                                  "options": {"sanity_sample": 4}})
     assert r.status_code == 202, r.text
@@ -114,12 +114,13 @@ def test_audit_from_a_bucket_prefix_and_errors(client, digits_model, settings, h
 
     bad = [
         (http.post("/v1/audits", json={"model": "digits-cnn", "dataset": "nowhere/"}), 422, "no images"),
+        (http.post("/v1/audits", json={"model": "digits-cnn", "dataset": "../tenants"}), 422, "a folder of your uploads"),
         (http.post("/v1/audits", json={"model": "digits-cnn", "methods": {"filters": {"layer": "cnn.0"}}}), 422,
          "gives no attribution"),
         (http.post("/v1/audits", json={"model": "digits-cnn"}), 400, "dataset"),
         (http.post("/v1/audits", content_type="multipart/form-data",
                    data={"spec": '{"model": "digits-cnn"}', "dataset": (io.BytesIO(b"not a zip"), "d.zip")}), 400,
-         "not a zip"),
+         "not a readable zip"),
         (http.post("/v1/audits", content_type="multipart/form-data",
                    data={"spec": '{"model": "digits-cnn"}',
                          "dataset": (io.BytesIO(zip_of(np.zeros((1, 8, 8), np.uint8), np.array([0]), ["cat"])),

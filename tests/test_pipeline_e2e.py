@@ -54,28 +54,25 @@ def test_bulk_saliency_job_of_64_images_matches_captum(client, digits_model, dig
     assert (pred == labels).mean() > 0.9  # the shipped model is right on real digits
 
 
-def test_job_from_keys_already_in_storage(client, digits_model, digit_pngs, settings):
-    from shared.storage import Storage
-
-    st = Storage(settings)
-    keys = []
-    for name, png in digit_pngs[0][:5]:
-        st.put(f"datasets/e2e/{name}", png, "image/png")
-        keys.append(f"datasets/e2e/{name}")
-    job = client.submit_keys(keys, model="digits-cnn", methods={"saliency": {}}, labels=[0, 1, 2, 3, 4])
+def test_job_from_uploaded_images(client, digits_model, digit_pngs):
+    paths = client.upload(digit_pngs[0][:5], folder="sets/e2e")
+    assert paths == [f"sets/e2e/{name}" for name, _ in digit_pngs[0][:5]]
+    assert set(paths) <= set(client.uploads("sets"))
+    job = client.submit_uploaded(paths, model="digits-cnn", methods={"saliency": {}}, labels=[0, 1, 2, 3, 4])
     state = wait_final(client, job)
     assert state["status"] == "succeeded" and state["progress"]["done"] == 5
     items = list(client.results(job))
     assert [it["target"] for it in items] == [0, 1, 2, 3, 4]
-    assert [it["name"] for it in items] == [k.rsplit("/", 1)[1] for k in keys]
+    assert [it["name"] for it in items] == [p.rsplit("/", 1)[1] for p in paths]
 
 
-def test_cli_submit_downloads_pictures_maps_and_unit_figures(stack, digits_model, digit_pngs, tmp_path, monkeypatch):
+def test_cli_submit_downloads_pictures_maps_and_unit_figures(stack, tenant_key, digits_model, digit_pngs, tmp_path,
+                                                             monkeypatch):
     from client.cli import main
 
     for name, png in digit_pngs[0][:3]:
         (tmp_path / name).write_bytes(png)
-    monkeypatch.setenv("XAIQ_API_KEY", stack.api_key)
+    monkeypatch.setenv("XAIQ_API_KEY", tenant_key)
     out = tmp_path / "out"
     rc = main(["submit", str(tmp_path), "--model", "digits-cnn", "--method", "saliency", "--method", "filters",
                "--params", '{"filters": {"layer": "cnn.4", "filters": [0, 1], "iterations": 5}}',

@@ -1,8 +1,11 @@
-"""What a worker process keeps between units: connections, the device, loaded models,
-job manifests and an I/O thread pool."""
+"""What a worker process keeps between items: connections, the device, loaded models,
+job manifests, an I/O thread pool, and the heartbeat that renews the current item's lease."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -11,12 +14,45 @@ from functools import cached_property
 import torch
 
 from shared.backends import Backends
-from shared.storage import keys
+from shared.storage import Keys
 from worker.models.loading import LoadedModel, ModelCache, pick_device
+
+log = logging.getLogger("xaiq.worker")
+
+
+class Heartbeat:
+    """Renews the lease of the item this process works on, every third of the lease."""
+
+    def __init__(self, b: Backends):
+        self.b, self.item, self.lock = b, None, threading.Lock()
+        threading.Thread(target=self._loop, name="xaiq-heartbeat", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            threading.Event().wait(self.b.settings.lease_s / 3)
+            with self.lock:
+                item = self.item
+            if item is not None:
+                try:
+                    self.b.dispatch.renew(item, self.b.settings.lease_s)
+                except Exception as e:  # noqa: BLE001 - Redis away: the lease may lapse, the item then runs again
+                    log.warning("lease not renewed: %r", e)
+
+    @contextlib.contextmanager
+    def hold(self, item: dict):
+        with self.lock:
+            self.item = item
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.item = None
+            self.b.dispatch.release(item)
 
 
 @dataclass
 class WorkerContext(Backends):
+    patient: bool = True     # storage and Redis outages are waited out
     manifests: OrderedDict = field(default_factory=OrderedDict)
     pid: int = field(default_factory=os.getpid)  # a forked child builds its own
 
@@ -32,12 +68,21 @@ class WorkerContext(Backends):
     def io(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(8, thread_name_prefix="xaiq-io")
 
-    def manifest(self, job: str) -> dict:
+    @cached_property
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(self)
+
+    def manifest(self, tenant: str, job: str) -> dict:
         if job not in self.manifests:
-            self.manifests[job] = self.storage.get_json(keys.job(job))
+            m = self.storage.get_json(Keys(tenant).job(job))
+            if m.get("tenant") != tenant or not all(Keys(tenant).owns(i["key"]) for i in m["inputs"]):
+                raise ValueError(f"job {job}: its manifest names objects outside tenant {tenant!r}")
+            self.manifests[job] = m
             while len(self.manifests) > 32:
                 self.manifests.popitem(last=False)
         return self.manifests[job]
 
-    def model(self, name: str) -> LoadedModel:
-        return self.models.get(self.storage, name, self.device)
+    def model(self, manifest: dict) -> LoadedModel:
+        """The model version the job is bound to."""
+        keys = Keys(None) if manifest.get("model_scope") == "shared" else Keys(manifest["tenant"])
+        return self.models.get(self.storage, keys, manifest["model"], manifest["model_version"], self.device)

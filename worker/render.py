@@ -29,6 +29,7 @@ def figure(rows: dict[str, np.ndarray], names: list[str], columns: int = 8, size
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False   # file names are text, never TeX ("$" included)
     import matplotlib.pyplot as plt
 
     n, pad = min(columns, len(names)), 6

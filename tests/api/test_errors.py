@@ -71,34 +71,35 @@ def test_labels_must_match_images(http, digits_model, digit_pngs):
     assert_error(post_job(http, {"model": "digits-cnn", "labels": [1, 42]}, two), 422, "labels[1]")
 
 
-def test_missing_storage_keys_are_422(http, digits_model):
-    assert_error(http.post("/v1/jobs", json={"model": "digits-cnn", "inputs": ["nowhere/a.png"]}), 422, "not in bucket")
+def test_missing_uploads_are_422(http, digits_model):
+    assert_error(http.post("/v1/jobs", json={"model": "digits-cnn", "inputs": ["nowhere/a.png"]}), 422,
+                 "not in your uploads")
 
 
-def test_oversized_upload_is_413(settings, stack, digits_model):
+def test_oversized_upload_is_413(settings, tenant_key, digits_model):
     from api import create_app
 
-    app = create_app(settings.model_copy(update={"max_upload_mb": 1}))
+    app = create_app(settings.model_copy(update={"max_upload_mb": 1}), reaper=False)
     c = app.test_client()
-    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {stack.api_key}"
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {tenant_key}"
     resp = post_job(c, {"model": "digits-cnn"}, [("big.png", b"\0" * (2 * 2**20))])
     assert_error(resp, 413, "too large")
 
 
-def test_image_over_the_pixel_limit_is_413(settings, stack, digits_model):
+def test_image_over_the_pixel_limit_is_413(settings, tenant_key, digits_model):
     from PIL import Image
 
     from api import create_app
 
-    app = create_app(settings.model_copy(update={"max_image_pixels": 100}))
+    app = create_app(settings.model_copy(update={"max_image_pixels": 100}), reaper=False)
     c = app.test_client()
-    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {stack.api_key}"
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {tenant_key}"
     buf = io.BytesIO()
     Image.new("L", (20, 20)).save(buf, "PNG")
     assert_error(post_job(c, {"model": "digits-cnn"}, [("wide.png", buf.getvalue())]), 413, "20x20")
 
 
-def test_api_key_is_required(app, stack):
+def test_api_key_is_required(app):
     c = app.test_client()
     assert_error(c.get("/v1/jobs"), 401, "API key")
     c.environ_base["HTTP_AUTHORIZATION"] = "Bearer wrong"
@@ -107,12 +108,14 @@ def test_api_key_is_required(app, stack):
 
 
 def test_bad_requests_store_nothing(http, settings, digits_model, digit_pngs):
-    from shared.storage import Storage
+    from shared.storage import Keys, Storage
 
-    before = set(Storage(settings).list("inputs/"))
+    st, root = Storage(settings), Keys("alice").root
+    before = set(st.list(root))
     post_job(http, {"model": "digits-cnn", "methods": {"nope": {}}}, digit_pngs[0][:3])
     post_job(http, {"model": "digits-cnn", "labels": [0]}, digit_pngs[0][:3])
-    assert set(Storage(settings).list("inputs/")) == before
+    post_job(http, {"model": "digits-cnn"}, digit_pngs[0][:3] + [("bad.png", b"not an image")])  # the 4th is bad
+    assert set(st.list(root)) == before
 
 
 def test_decompression_bomb_and_odd_jpegs(http, digits_model):
@@ -134,8 +137,8 @@ def test_decompression_bomb_and_odd_jpegs(http, digits_model):
     assert resp.status_code == 202, resp.get_json()
 
 
-def test_bad_keys_and_zips_are_4xx(http, digits_model):
-    assert_error(http.post("/v1/jobs", json={"model": "digits-cnn", "inputs": ["", "a/../b.png"]}), 422, "invalid key")
+def test_bad_paths_and_zips_are_4xx(http, digits_model):
+    assert_error(http.post("/v1/jobs", json={"model": "digits-cnn", "inputs": ["", "a/../b.png"]}), 422, "invalid path")
     import zipfile
 
     buf = io.BytesIO()
@@ -148,10 +151,8 @@ def test_bad_keys_and_zips_are_4xx(http, digits_model):
     assert_error(resp, 400, "cannot read the zip")
 
 
-def test_key_in_the_url_only_logs_a_browser_in(app, stack):
+def test_the_key_is_never_read_from_a_url(app, stack, tenant_key):
     c = app.test_client()
-    resp = c.get(f"/ui?key={stack.api_key}")
-    assert resp.status_code == 302 and "key=" not in resp.headers["Location"]
-    assert c.get("/ui").status_code == 200            # the cookie now
-    fresh = app.test_client()
-    assert fresh.get(f"/v1/jobs?key={stack.api_key}").status_code == 401
+    assert c.get(f"/v1/jobs?key={tenant_key}").status_code == 401
+    page = c.get(f"/ui?key={tenant_key}")
+    assert page.status_code == 302 and "/ui/signin" in page.headers["Location"] and tenant_key not in page.headers["Location"]

@@ -2,19 +2,32 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import pytest
 import torch
 
 
 def register(http, spec, weights: bytes, replace=True):
-    return http.post("/v1/models" + ("?replace=1" if replace else ""), content_type="multipart/form-data",
+    """POST the model (202 at once), then poll until a worker has checked it: its final manifest."""
+    resp = http.post("/v1/models" + ("?replace=1" if replace else ""), content_type="multipart/form-data",
                      data={"spec": json.dumps(spec), "weights": (io.BytesIO(weights), "w.bin")})
+    if resp.status_code != 202:
+        return resp
+    assert resp.get_json()["status"] == "registering"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        info = http.get(f"/v1/models/{spec['name']}")
+        if info.get_json()["status"] != "registering":
+            return info
+        time.sleep(0.2)
+    raise AssertionError(f"model {spec['name']} still registering")
 
 
 def test_digits_model_lists_its_layers(http, digits_model):
     info = http.get("/v1/models/digits-cnn").get_json()
-    assert info["status"] == "ready" and info["format"] == "safetensors"
+    assert info["status"] == "ready" and info["format"] == "safetensors" and info["shared"]
+    assert info["gflops"] == pytest.approx(0.00528, rel=0.05) and len(info["version"]) == 16
     paths = {layer["path"]: layer for layer in info["layers"]}
     assert paths["cnn.0"]["conv"] and paths["cnn.0"]["out_channels"] == 16
     assert paths["cnn.11"]["type"] == "MaxPool2d" and paths["cnn.11"]["out_channels"] == 64
@@ -32,17 +45,17 @@ def test_food11_accepts_a_state_dict_from_the_course(http, digits_model):
     spec = {"name": "food11-test", "architecture": "food11-cnn", "input": {"channels": 3, "height": 128, "width": 128},
             "mean": [0, 0, 0], "std": [1, 1, 1], "classes": [f"c{i}" for i in range(11)]}
     resp = register(http, spec, buf.getvalue())
-    assert resp.status_code == 201, resp.get_json()
     info = resp.get_json()
+    assert info["status"] == "ready", info
     assert info["format"] == "state_dict" and info["parameters"] > 12_000_000
     assert {"cnn.15", "fc.4"} <= {layer["path"] for layer in info["layers"]}
 
 
 @pytest.fixture(scope="module")
-def digits_ts(app, stack, digits_torch):
-    """The digits CNN registered as a TorchScript model: the registration's answer."""
+def digits_ts(app, stack, tenant_key, digits_torch):
+    """The digits CNN registered as a TorchScript model by tenant alice: its manifest."""
     c = app.test_client()
-    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {stack.api_key}"
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {tenant_key}"
     buf = io.BytesIO()
     torch.jit.save(torch.jit.script(digits_torch), buf)
     spec = {"name": "digits-ts", "architecture": "torchscript", "input": {"channels": 1, "height": 32, "width": 32},
@@ -51,8 +64,9 @@ def digits_ts(app, stack, digits_torch):
 
 
 def test_torchscript_model(digits_ts):
-    assert digits_ts.status_code == 201, digits_ts.get_json()
-    assert "cnn.0" in {layer["path"] for layer in digits_ts.get_json()["layers"]}
+    info = digits_ts.get_json()
+    assert info["status"] == "ready", info
+    assert "cnn.0" in {layer["path"] for layer in info["layers"]} and info["hooks"] is False
 
 
 def test_pickled_code_and_wrong_weights_are_refused(http, digits_model):
@@ -60,14 +74,15 @@ def test_pickled_code_and_wrong_weights_are_refused(http, digits_model):
             "mean": [0.5], "std": [0.5], "classes": [str(i) for i in range(10)]}
     buf = io.BytesIO()
     torch.save(torch.nn.Linear(2, 2), buf)  # a whole module = a pickle of code: weights_only refuses it
-    resp = register(http, spec, buf.getvalue())
-    assert resp.status_code == 422 and "do not load" in resp.get_json()["error"]["message"]
+    info = register(http, spec, buf.getvalue()).get_json()
+    assert info["status"] == "invalid" and "not a plain state_dict" in info["error"], info
+    assert "Linear" in info["error"] and "weights_only" not in info["error"]
     from worker.models.architectures import Food11CNN
 
     buf = io.BytesIO()
     torch.save(Food11CNN().state_dict(), buf)
-    resp = register(http, spec, buf.getvalue())
-    assert resp.status_code == 422 and "state_dict" in resp.get_json()["error"]["message"]
+    info = register(http, spec, buf.getvalue()).get_json()
+    assert info["status"] == "invalid" and "key" in info["error"], info
 
 
 def test_model_spec_is_validated(http):
@@ -104,13 +119,13 @@ def test_health_and_readiness(http):
 def test_readyz_reports_unreachable_storage(settings):
     from api import create_app
 
-    app = create_app(settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:1"}))
+    app = create_app(settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:1"}), reaper=False)
     resp = app.test_client().get("/readyz")
     assert resp.status_code == 503 and resp.get_json()["checks"]["storage"].startswith("error")
 
 
 def test_layer_methods_are_refused_on_torchscript_models(http, digits_ts, digit_pngs):
-    assert digits_ts.status_code == 201
+    assert digits_ts.get_json()["status"] == "ready"
     data = {"spec": json.dumps({"model": "digits-ts", "methods": {"gradcam": {}}}),
             "images": [(io.BytesIO(digit_pngs[0][0][1]), "a.png")]}
     resp = http.post("/v1/jobs", data=data, content_type="multipart/form-data")

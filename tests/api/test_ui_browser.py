@@ -32,16 +32,25 @@ def finished_job(client, digits_model, digit_pngs):
     return job
 
 
+def sign_in(page, stack, key: str, path: str = "/ui") -> None:
+    """Open a page; the sign-in page comes first: type the key there, land on the page."""
+    page.goto(f"{stack.api_url}{path}")
+    page.wait_for_url("**/ui/signin**")
+    page.fill("#key", key)
+    page.click("#signin button[type=submit]")
+    page.wait_for_url(f"**{path}")
+
+
 def all_images_render(page) -> list[str]:
     page.wait_for_load_state("networkidle")
     return page.eval_on_selector_all("img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0))"
                                             ".map(i => i.alt || i.src)")
 
 
-def test_job_list_and_job_page(browser, stack, finished_job):
+def test_job_list_and_job_page(browser, stack, tenant_key, finished_job):
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{stack.api_url}/ui?key={stack.api_key}")
+    sign_in(page, stack, tenant_key)
     assert page.title() == "xaiq · jobs"
     link = page.locator(f"a.job-link[href='/ui/jobs/{finished_job}']")
     assert link.count() == 1
@@ -61,11 +70,48 @@ def test_job_list_and_job_page(browser, stack, finished_job):
     page.close()
 
 
-def test_pages_need_the_key(browser, stack, finished_job):
-    page = browser.new_page()
-    resp = page.goto(f"{stack.api_url}/ui/jobs/{finished_job}")
-    assert resp.status == 401
-    page.close()
+def test_sign_in_page_guards_every_page(browser, stack, tenant_key, finished_job):
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.goto(f"{stack.api_url}/ui/jobs/{finished_job}")        # a printed link, opened without a session
+    page.wait_for_url("**/ui/signin**")
+    assert page.title() == "xaiq · sign in"
+    page.fill("#key", "not-a-key")
+    page.click("#signin button[type=submit]")
+    assert page.locator("#error").inner_text() == "That key is not valid."
+    page.fill("#key", tenant_key)
+    page.click("#signin button[type=submit]")
+    page.wait_for_url(f"**/ui/jobs/{finished_job}")              # back where the link pointed
+    assert page.locator("tr.item").count() == 6
+    cookie = next(c for c in ctx.cookies() if c["name"] == "xaiq_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and tenant_key not in cookie["value"]
+    page.screenshot(path=str(ARTIFACTS / "ui-signed-in.png"))
+    page.click("#signout")
+    page.wait_for_url("**/ui/signin**")
+    page.goto(f"{stack.api_url}/ui")
+    page.wait_for_url("**/ui/signin**")                           # the session is gone
+    ctx.close()
+
+
+def test_a_cross_site_form_cannot_use_the_session(browser, stack, tenant_key, client, digit_pngs, digits_model):
+    """CSRF: a page elsewhere posting to the cancel route with the victim's cookie is refused."""
+    job = client.submit(digit_pngs[0][:2], model="digits-cnn",
+                        methods={"lime": {"num_samples": 2000, "n_segments": 60}}, unit_size=1)
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    sign_in(page, stack, tenant_key)
+    import requests
+
+    cookie = {c["name"]: c["value"] for c in ctx.cookies()}
+    forged = requests.post(f"{stack.api_url}/ui/jobs/{job}/cancel", cookies=cookie, timeout=10,
+                           headers={"Origin": "http://evil.example"}, allow_redirects=False)
+    assert forged.status_code == 403
+    assert client.status(job)["status"] in ("queued", "running")
+    page.goto(f"{stack.api_url}/ui/jobs/{job}")
+    page.click("#cancel")                                         # the same request from this site's page
+    page.wait_for_url(f"**/ui/jobs/{job}")
+    assert client.wait(job, timeout=30)["status"] == "cancelled"
+    ctx.close()
 
 
 def test_docs_page_renders(browser, stack):
@@ -92,9 +138,9 @@ def finished_audit(client, digits_model, tmp_path_factory):
     return audit
 
 
-def test_audit_report_page(browser, stack, finished_audit):
+def test_audit_report_page(browser, stack, tenant_key, finished_audit):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{stack.api_url}/ui?key={stack.api_key}")
+    sign_in(page, stack, tenant_key)
     page.locator(f"a.job-link[href='/ui/audits/{finished_audit}']").click()
     page.wait_for_url(f"**/ui/audits/{finished_audit}")
     frame = page.frame_locator("#report")

@@ -1,10 +1,14 @@
-"""JobStore transitions on a real Redis: each unit counted once, one finaliser, cancel."""
+"""JobStore and Dispatcher on a real Redis: each unit counted once, one way to end a job,
+cancel wins over completion, tenants' usage and limits, fair turns, leases that lapse."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
+
+from shared.jobs import Finish, JobStatus, LimitExceeded, Start
 
 
 @pytest.fixture()
@@ -15,60 +19,71 @@ def store(redis_url):
     return JobStore(Settings(redis_url=redis_url))
 
 
-def new(store, units=3, total=10):
+@pytest.fixture()
+def dispatch(store):
+    from shared.dispatch import Dispatcher
+
+    store.r.delete("xaiq:active", "xaiq:leases", *store.r.keys("xaiq:pending:*"))
+    return Dispatcher(store.r)
+
+
+def new(store, units=3, total=10, tenant="t1", gflop=30.0, limits=None):
     job = uuid.uuid4().hex
-    store.create(job, kind="job", model="m", methods={"saliency": {}}, total=total, units=units)
+    store.create(job, tenant=tenant, kind="job", model="m", methods={"saliency": {}}, total=total, units=units,
+                 gflop=gflop, limits=limits)
     return job
 
 
-def test_finishing_can_be_redone_and_ends_once(store):
-    """A worker that dies after the last unit but before finishing leaves 'complete' to
-    the next redelivery; the final status is written once and not overwritten."""
+def test_ending_can_be_redone_and_happens_once(store):
+    """A worker that dies after the last unit but before ending leaves 'complete' to the
+    next one; the final status is written once and not overwritten."""
     job = new(store, units=1, total=4)
-    store.start_unit(job, 0)
-    assert store.finish_unit(job, 0, 4, 0) == "complete"
-    assert store.finish_unit(job, 0, 4, 0) == "complete"   # redelivered: still not final
-    assert store.get(job)["progress"]["done"] == 4
-    assert store.set_final(job, "succeeded") is True
-    assert store.set_final(job, "failed") is False
-    assert store.get(job)["status"] == "succeeded"
-    assert store.finish_unit(job, 0, 4, 0) == ""
+    assert store.start_unit(job, "t1", 0) is Start.RUN
+    assert store.finish_unit(job, "t1", 0, 4, 0) is Finish.COMPLETE
+    assert store.finish_unit(job, "t1", 0, 4, 0) is Finish.COMPLETE   # again: still not ended
+    assert store.get(job).progress.done == 4
+    assert store.set_final(job, "t1", JobStatus.SUCCEEDED) is True
+    assert store.set_final(job, "t1", JobStatus.FAILED) is False
+    assert store.get(job).status is JobStatus.SUCCEEDED
+    assert store.finish_unit(job, "t1", 0, 4, 0) is Finish.NOTHING
 
 
-def test_a_finishing_job_cannot_be_cancelled(store):
+def test_a_cancel_wins_over_completion(store):
+    """The last unit finishes after the cancel was answered: the job ends cancelled, with
+    the images that unit finished counted."""
     job = new(store, units=1, total=4)
-    store.start_unit(job, 0)
-    assert store.finish_unit(job, 0, 4, 0) == "complete"   # an audit now writes its report
-    assert store.cancel(job) == "running"
-    store.set_final(job, "succeeded")
-    assert store.get(job)["status"] == "succeeded"
+    store.start_unit(job, "t1", 0)
+    assert store.cancel(job, "t1") == "cancelling"
+    assert store.finish_unit(job, "t1", 0, 4, 0) is Finish.CANCELLED
+    state = store.get(job)
+    assert state.status is JobStatus.CANCELLED and state.progress.done == 4
 
 
 def test_a_unit_that_keeps_dying_is_exhausted(store):
     job = new(store, units=1, total=4)
-    assert [store.start_unit(job, 0, max_attempts=3) for _ in range(4)] == ["ok", "ok", "ok", "exhausted"]
+    assert [store.start_unit(job, "t1", 0, max_attempts=3) for _ in range(4)] == [Start.RUN] * 3 + [Start.EXHAUSTED]
 
 
 def test_cancelled_jobs_expire_and_are_counted(store):
     before = store.stats().get("jobs_cancelled", 0)
     job = new(store)
-    assert store.cancel(job) == "cancelled"
+    assert store.cancel(job, "t1") == "cancelled"
     assert 0 < store.r.ttl(f"xaiq:job:{job}") <= 7 * 24 * 3600
     assert store.stats()["jobs_cancelled"] == before + 1
 
 
-def test_redelivered_unit_counts_once(store):
+def test_a_unit_run_twice_counts_once(store):
     job = new(store, units=2, total=8)
-    assert store.start_unit(job, 0) == "ok"
-    assert store.get(job)["status"] == "running"
-    assert store.finish_unit(job, 0, 4, 0) == ""
-    assert store.start_unit(job, 0) == "ok"          # redelivered after a lost ack
-    assert store.finish_unit(job, 0, 4, 0) == ""
-    assert store.get(job)["progress"] == {"total": 8, "done": 4, "failed": 0}
-    store.start_unit(job, 1)
-    assert store.finish_unit(job, 1, 3, 1, error="bad input") == "complete"
-    assert store.get(job)["progress"] == {"total": 8, "done": 7, "failed": 1}
-    assert store.get(job)["error"] == "bad input"
+    assert store.start_unit(job, "t1", 0) is Start.RUN
+    assert store.get(job).status is JobStatus.RUNNING
+    assert store.finish_unit(job, "t1", 0, 4, 0) is Finish.NOTHING
+    assert store.start_unit(job, "t1", 0) is Start.RUN          # queued again after its lease lapsed
+    assert store.finish_unit(job, "t1", 0, 4, 0) is Finish.NOTHING
+    assert store.get(job).progress.done == 4
+    store.start_unit(job, "t1", 1)
+    assert store.finish_unit(job, "t1", 1, 3, 1, error="bad input") is Finish.COMPLETE
+    state = store.get(job)
+    assert (state.progress.done, state.progress.failed, state.error) == (7, 1, "bad input")
 
 
 def test_concurrent_units_complete_the_job(store):
@@ -76,37 +91,99 @@ def test_concurrent_units_complete_the_job(store):
     outcomes = []
 
     def run(u):
-        store.start_unit(job, u)
-        outcomes.append(store.finish_unit(job, u, 1, 0))
+        store.start_unit(job, "t1", u)
+        outcomes.append(store.finish_unit(job, "t1", u, 1, 0))
 
     threads = [threading.Thread(target=run, args=(u,)) for u in range(40)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert "complete" in outcomes  # whichever call counted the last unit (threads append in any order)
-    assert store.get(job)["progress"]["done"] == 40
-    assert sum(store.set_final(job, "succeeded") for _ in range(3)) == 1
+    assert Finish.COMPLETE in outcomes
+    assert store.get(job).progress.done == 40
+    assert sum(store.set_final(job, "t1", JobStatus.SUCCEEDED) for _ in range(3)) == 1
 
 
-def test_cancel_waits_for_running_units(store):
+def test_cancel_waits_for_running_units_and_skips_the_rest(store):
     job = new(store, units=3)
-    assert store.start_unit(job, 0) == "ok"
-    assert store.cancel(job) == "cancelling"
-    assert store.get(job)["status"] == "running"
-    assert store.start_unit(job, 1) == "cancelled"   # units not yet started are skipped
-    assert store.finish_unit(job, 1, 0, 0, skipped=True) == ""
-    assert store.finish_unit(job, 0, 3, 0) == "cancelled"
-    assert store.get(job)["status"] == "cancelled"
+    assert store.start_unit(job, "t1", 0) is Start.RUN
+    assert store.cancel(job, "t1") == "cancelling"
+    assert store.get(job).status is JobStatus.RUNNING
+    assert store.start_unit(job, "t1", 1) is Start.SKIP          # no unit starts after a cancel
+    assert store.finish_unit(job, "t1", 1, 0, 0, skipped=True) is Finish.NOTHING
+    assert store.finish_unit(job, "t1", 0, 3, 0) is Finish.CANCELLED
+    assert store.get(job).status is JobStatus.CANCELLED
+    assert job not in store.stuck_cancels(0)
 
 
 def test_cancel_of_a_queued_job_is_immediate_and_final_jobs_stay(store):
     job = new(store)
-    assert store.cancel(job) == "cancelled"
-    assert store.get(job)["status"] == "cancelled"
+    assert store.cancel(job, "t1") == "cancelled"
+    assert store.get(job).status is JobStatus.CANCELLED
     done = new(store, units=1)
-    store.start_unit(done, 0)
-    store.finish_unit(done, 0, 10, 0)
-    store.set_final(done, "succeeded")
-    assert store.cancel(done) == "succeeded"
-    assert store.cancel(uuid.uuid4().hex) == "missing"
+    store.start_unit(done, "t1", 0)
+    store.finish_unit(done, "t1", 0, 10, 0)
+    store.set_final(done, "t1", JobStatus.SUCCEEDED)
+    assert store.cancel(done, "t1") == "succeeded"
+    assert store.cancel(uuid.uuid4().hex, "t1") == "missing"
+
+
+def test_a_tenants_usage_follows_its_jobs(store):
+    tenant = f"u{uuid.uuid4().hex[:8]}"
+    a = new(store, units=4, total=8, tenant=tenant, gflop=40.0)
+    b = new(store, units=2, total=4, tenant=tenant, gflop=10.0)
+    assert store.usage(tenant) == {"jobs": 2, "units": 6, "gflop": 50.0}
+    store.start_unit(a, tenant, 0)
+    store.finish_unit(a, tenant, 0, 2, 0)
+    assert store.usage(tenant) == {"jobs": 2, "units": 5, "gflop": 40.0}
+    store.cancel(a, tenant)          # nothing of it runs: it ends and frees what it held
+    assert store.usage(tenant) == {"jobs": 1, "units": 2, "gflop": 10.0}
+    for u in range(2):
+        store.start_unit(b, tenant, u)
+        store.finish_unit(b, tenant, u, 2, 0)
+    store.set_final(b, tenant, JobStatus.SUCCEEDED)
+    assert store.usage(tenant) == {"jobs": 0, "units": 0, "gflop": 0.0}
+    assert store.ids(tenant) == [b, a] and store.ids("someone-else") == []
+
+
+def test_limits_refuse_atomically(store):
+    tenant = f"u{uuid.uuid4().hex[:8]}"
+    limits = {"jobs": 3, "units": 10, "gflop": 100.0}
+    new(store, units=6, tenant=tenant, gflop=60.0, limits=limits)
+    with pytest.raises(LimitExceeded) as e:
+        new(store, units=6, tenant=tenant, gflop=10.0, limits=limits)
+    assert (e.value.what, e.value.current, e.value.adding, e.value.limit) == ("units", 6, 6, 10)
+    with pytest.raises(LimitExceeded) as e:
+        new(store, units=1, tenant=tenant, gflop=50.0, limits=limits)
+    assert e.value.what == "gflop"
+    assert store.usage(tenant)["jobs"] == 1          # refused jobs hold nothing
+
+
+def test_tenants_take_turns(dispatch):
+    dispatch.push("big", [{"tenant": "big", "kind": "job", "job": "A", "unit": u} for u in range(50)])
+    dispatch.push("small", [{"tenant": "small", "kind": "job", "job": "B", "unit": u} for u in range(2)])
+    order = [dispatch.take(30)["job"] for _ in range(6)]
+    assert order == ["A", "B", "A", "B", "A", "A"]
+    assert dispatch.waiting() == 46 and dispatch.leased() == 6
+
+
+def test_front_items_go_first(dispatch):
+    dispatch.push("t", [{"tenant": "t", "kind": "job", "job": "A", "unit": u} for u in range(3)])
+    dispatch.push("t", [{"tenant": "t", "kind": "inspect", "model": "m", "version": "v"}], front=True)
+    assert dispatch.take(30)["kind"] == "inspect"
+
+
+def test_a_lapsed_lease_brings_the_item_back_once(dispatch, store):
+    dispatch.push("t", [{"tenant": "t", "kind": "job", "job": "J", "unit": 0}])
+    item = dispatch.take(lease_s=0.2)
+    store.r.sadd("xaiq:job:J:running", 0)
+    assert dispatch.take(30) is None
+    time.sleep(0.3)
+    assert dispatch.reap() == 1
+    assert store.r.scard("xaiq:job:J:running") == 0          # its worker no longer runs it
+    assert dispatch.reap() == 0
+    again = dispatch.take(30)
+    assert again == item
+    assert dispatch.renew(again, 30) is True
+    dispatch.release(again)
+    assert dispatch.renew(again, 30) is False and dispatch.leased() == 0

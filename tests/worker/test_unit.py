@@ -2,6 +2,7 @@
 server, outputs written there, the job's counters in a real Redis."""
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 import uuid
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from shared.storage import Storage, keys
+from shared.storage import Keys, Storage
+
+keys = Keys("unit-tests")
 
 
 @pytest.fixture(scope="module")
@@ -24,29 +27,32 @@ def ctx(settings):
 def unit_model(ctx):
     """The digits CNN installed in storage as a ready model under its own name."""
     from worker.models import digits
-    from worker.models.loading import inspect
+    from worker.models.architectures import DigitsCNN
+    from worker.models.loading import layers
 
-    name = "digits-unit-test"
+    name, version = "digits-unit-test", "v1"
     st: Storage = ctx.storage
     st.ensure_bucket()
-    st.put(keys.weights(name), (digits.WEIGHTS / "digits-cnn.safetensors").read_bytes())
-    st.put_json(keys.model(name), {**digits.manifest(), "name": name, "format": "safetensors",
-                                   "status": "registering", "created": time.time()})
-    info = inspect(st, name, torch.device("cpu"))
-    assert info["status"] == "ready", info
-    return info
+    data = (digits.WEIGHTS / "digits-cnn.safetensors").read_bytes()
+    st.put(keys.weights(name, version), data)
+    st.put_json(keys.version(name, version), {
+        **digits.manifest(), "name": name, "format": "safetensors", "version": version, "status": "ready",
+        "created": time.time(), "weights_sha256": hashlib.sha256(data).hexdigest(), "layers": layers(DigitsCNN())})
+    return {"name": name, "version": version}
 
 
-def make_job(ctx, model: str, pngs: list[tuple[str, bytes]], methods: dict, bad: int | None = None) -> str:
+def make_job(ctx, model: dict, pngs: list[tuple[str, bytes]], methods: dict, bad: int | None = None) -> str:
     job = uuid.uuid4().hex
     inputs = []
     for i, (name, png) in enumerate(pngs):
         ctx.storage.put(keys.input(job, i), b"not an image" if i == bad else png, "image/png")
         inputs.append({"name": name, "key": keys.input(job, i)})
-    ctx.storage.put_json(keys.job(job), {"id": job, "kind": "job", "model": model, "methods": methods,
-                                         "inputs": inputs, "unit_size": len(inputs), "units": 1,
+    ctx.storage.put_json(keys.job(job), {"id": job, "kind": "job", "tenant": keys.tenant, "model": model["name"],
+                                         "model_version": model["version"], "model_scope": "tenant",
+                                         "methods": methods, "inputs": inputs, "unit_size": len(inputs), "units": 1,
                                          "created": time.time(), "labels": None, "name": None})
-    ctx.jobs.create(job, kind="job", model=model, methods=methods, total=len(inputs), units=1)
+    ctx.jobs.create(job, tenant=keys.tenant, kind="job", model=model["name"], methods=methods, total=len(inputs),
+                    units=1)
     return job
 
 
@@ -55,8 +61,8 @@ def test_a_unit_writes_every_item_and_matches_the_formula(ctx, unit_model, digit
     from worker.unit import run_unit
 
     pngs = digit_pngs[0][:5]
-    job = make_job(ctx, unit_model["name"], pngs, {"saliency": {}, "gradcam": {}}, bad=3)
-    assert run_unit(ctx, job, 0, 0, 5) == (4, 1)
+    job = make_job(ctx, unit_model, pngs, {"saliency": {}, "gradcam": {}}, bad=3)
+    assert run_unit(ctx, keys.tenant, job, 0, 0, 5) == (4, 1)
     x = torch.tensor(np.stack([to_model_input(png) for _, png in pngs])).requires_grad_(True)
     logits = digits_torch(x)
     torch.nn.functional.cross_entropy(logits, logits.argmax(1), reduction="sum").backward()
@@ -76,25 +82,25 @@ def test_a_unit_writes_every_item_and_matches_the_formula(ctx, unit_model, digit
 def test_a_unit_stops_when_its_job_is_cancelled(ctx, unit_model, digit_pngs):
     from worker.unit import Cancelled, run_unit
 
-    job = make_job(ctx, unit_model["name"], digit_pngs[0][:2], {"saliency": {}})
-    ctx.jobs.start_unit(job, 0)
-    assert ctx.jobs.cancel(job) == "cancelling"
+    job = make_job(ctx, unit_model, digit_pngs[0][:2], {"saliency": {}})
+    ctx.jobs.start_unit(job, keys.tenant, 0)
+    assert ctx.jobs.cancel(job, keys.tenant) == "cancelling"
     with pytest.raises(Cancelled):
-        run_unit(ctx, job, 0, 0, 2)
+        run_unit(ctx, keys.tenant, job, 0, 0, 2)
     assert not ctx.storage.exists(keys.item(job, 0))
 
 
 def test_the_audit_hook_adds_objects_and_fields(ctx, unit_model, digit_pngs):
     from worker.unit import run_unit
 
-    job = make_job(ctx, unit_model["name"], digit_pngs[0][:3], {"saliency": {}})
+    job = make_job(ctx, unit_model, digit_pngs[0][:3], {"saliency": {}})
     seen = []
 
     def on_batch(e):
         seen.append((e.inputs.shape, sorted(e.results)))
         return [(keys.unit(job, 0, "extra.npy"), b"x")], [{"checked": j} for j in range(len(e.batch.indices))]
 
-    assert run_unit(ctx, job, 0, 0, 3, on_batch) == (3, 0)
+    assert run_unit(ctx, keys.tenant, job, 0, 0, 3, on_batch) == (3, 0)
     assert seen == [((3, 1, 32, 32), ["saliency"])]
     assert ctx.storage.get(keys.unit(job, 0, "extra.npy")) == b"x"
     assert [ctx.storage.get_json(keys.item(job, i))["checked"] for i in range(3)] == [0, 1, 2]

@@ -8,9 +8,10 @@ import time
 import numpy as np
 import torch
 
-from shared.storage import keys
+from shared.storage import Keys
 from worker import explain, images, render
 from worker.audit import finalize, run_sanity, unit_partial
+from worker.audit.sanity import randomisable_layers
 from worker.audit.aggregate import FAITH_KEYS
 from worker.audit.faithfulness import predict_fn
 from worker.context import WorkerContext
@@ -18,7 +19,7 @@ from worker.explain.batching import predicted
 from worker.unit import Explained, read_batch
 
 
-def on_batch(manifest: dict, job: str, unit: int):
+def on_batch(manifest: dict, keys: Keys, job: str, unit: int):
     """The audit's addition to a unit: deletion/insertion per method, correctness, a partial."""
     opts = manifest["options"]
 
@@ -39,25 +40,34 @@ def on_batch(manifest: dict, job: str, unit: int):
     return add
 
 
-def write_report(ctx: WorkerContext, job: str) -> dict:
+def sanity(ctx: WorkerContext, manifest: dict, lm) -> tuple[list[dict], str | None]:
+    """The weight-randomisation check on a sample, or why it was not run."""
+    n = min(manifest["options"]["sanity_sample"], len(manifest["inputs"]))
+    if not n:
+        return [], "not run: sanity_sample is 0"
+    if not randomisable_layers(lm.model):
+        return [], "not run: the model's layers cannot be re-initialised (no reset_parameters, e.g. TorchScript)"
+    batch = read_batch(ctx, manifest, lm.info, 0, n)
+    if not batch.indices:
+        return [], "not run: no readable image in the sample"
+    x = torch.from_numpy(images.standardize(batch.pixels, lm.info)).to(lm.device)
+    y = predicted(lm.model, x)
+    attributes = {m: (lambda model, xs, ys, m=m: explain.run(m, model, xs, ys, manifest["methods"][m]).heatmaps)
+                  for m in manifest["methods"]}
+    try:
+        return run_sanity(lm.model, x, y, attributes, seed=manifest["options"]["seed"]), None
+    except Exception as e:  # noqa: BLE001 - a model that cannot be copied or randomised: report it, keep the rest
+        return [], f"not run: randomising the model failed ({type(e).__name__})"
+
+
+def write_report(ctx: WorkerContext, tenant: str, job: str) -> dict:
     """Merge the partials, check the maps' sanity on a sample, find shortcuts, store the report."""
     t0 = time.perf_counter()
-    st = ctx.storage
-    manifest = ctx.manifest(job)
-    opts = manifest["options"]
-    lm = ctx.model(manifest["model"])
+    st, keys = ctx.storage, Keys(tenant)
+    manifest = ctx.manifest(tenant, job)
+    lm = ctx.model(manifest)
     partials = (st.get(k) for k in sorted(st.list(keys.audit_partials(job))))
-
-    sanity = []
-    n = min(opts["sanity_sample"], len(manifest["inputs"]))
-    if n:
-        batch = read_batch(ctx, manifest, lm.info, 0, n)
-        if batch.indices:
-            x = torch.from_numpy(images.standardize(batch.pixels, lm.info)).to(lm.device)
-            y = predicted(lm.model, x)
-            attributes = {m: (lambda model, xs, ys, m=m: explain.run(m, model, xs, ys, manifest["methods"][m]).heatmaps)
-                          for m in manifest["methods"]}
-            sanity = run_sanity(lm.model, x, y, attributes, seed=opts["seed"])
+    checks, why_not = sanity(ctx, manifest, lm)
 
     def examples(indices: list[int]) -> dict[int, np.ndarray]:
         out = {}
@@ -66,10 +76,13 @@ def write_report(ctx: WorkerContext, job: str) -> dict:
             out[i] = render.input_pictures(pixels[None])[0]
         return out
 
-    meta = {"audit": job, "model": manifest["model"], "methods": list(manifest["methods"]),
-            "images": len(manifest["inputs"]), "options": opts, "name": manifest.get("name")}
-    report, html = finalize(partials, class_names=lm.classes, sanity=sanity, examples=examples, meta=meta,
-                            shortcuts=opts["shortcuts"])
+    meta = {"audit": job, "model": manifest["model"], "model_version": manifest.get("model_version"),
+            "methods": list(manifest["methods"]), "images": len(manifest["inputs"]),
+            "options": manifest["options"], "name": manifest.get("name")}
+    if why_not:
+        meta["sanity"] = why_not
+    report, html = finalize(partials, class_names=lm.classes, sanity=checks, examples=examples, meta=meta,
+                            shortcuts=manifest["options"]["shortcuts"])
     report.setdefault("meta", {})["report_seconds"] = round(time.perf_counter() - t0, 2)
     st.put_json(keys.report(job, "json"), report)
     st.put(keys.report(job, "html"), html.encode(), "text/html; charset=utf-8")

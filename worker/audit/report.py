@@ -176,7 +176,10 @@ def _as_image(a) -> np.ndarray:
 
 def _subplots(nrows: int, ncols: int, figsize):
     """A figure without pyplot (no global state, thread-safe, no display needed)."""
+    import matplotlib
     from matplotlib.figure import Figure
+
+    matplotlib.rcParams["text.parse_math"] = False   # class names are text, never TeX ("$" included)
 
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(nrows, ncols, squeeze=False)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batching import auto_batch_size
+from .batching import auto_batch_size, checkpoint
 
 
 def over_copies(model: nn.Module, x: torch.Tensor, y: torch.Tensor, copies: int,
@@ -21,6 +21,7 @@ def over_copies(model: nn.Module, x: torch.Tensor, y: torch.Tensor, copies: int,
     per = max(1, (batch_size or auto_batch_size(model, x[0], grad=True)) // copies)   # images per forward
     out = torch.zeros_like(x)
     for i in range(0, len(x), per):
+        checkpoint()
         s = slice(i, min(i + per, len(x)))
         k = s.stop - s.start
         inputs = make(s).reshape(k * copies, *shape).requires_grad_(True)

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.metrics import pairwise_distances
 from torch import nn
 
-from .batching import auto_batch_size, prepare, run_chunked
+from .batching import auto_batch_size, checkpoint, prepare, run_chunked
 from .hooks import evaluating
 from .pictures import normalize, rgb, to_numpy
 from .result import Explanation
@@ -120,10 +119,18 @@ def score(model: nn.Module, img: torch.Tensor, seg: np.ndarray, data: np.ndarray
     return torch.cat(out).double().cpu().numpy()
 
 
+def cosine_distances(X: np.ndarray, x0: np.ndarray) -> np.ndarray:
+    """1 - cos(X_i, x0) per row, clipped to [0, 2] (scikit-learn's cosine distances)."""
+    X, x0 = np.asarray(X, np.float64), np.asarray(x0, np.float64)
+    norms = np.linalg.norm(X, axis=1) * np.linalg.norm(x0)
+    cos = np.divide(X @ x0, norms, out=np.zeros(len(X)), where=norms > 0)
+    return np.clip(1.0 - cos, 0.0, 2.0)
+
+
 def fit(hwc: np.ndarray, seg: np.ndarray, data: np.ndarray, P: np.ndarray, labels, top_labels: int | None,
         num_features: int, feature_selection: str, kernel_width: float) -> LimeExplanation:
     """lime's surrogate: cosine-kernel weights, feature selection, a weighted Ridge per label."""
-    d = pairwise_distances(data, data[:1], metric="cosine").ravel()
+    d = cosine_distances(data, data[0])
     w = np.sqrt(np.exp(-(d ** 2) / kernel_width ** 2))
     if labels is not None:
         todo = [int(t) for t in torch.as_tensor(labels).reshape(-1)]
@@ -169,6 +176,7 @@ def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params
     shown = to_numpy(rgb(normalize(images.detach().float())))
     maps, pics = [], []
     for i in range(len(images)):
+        checkpoint()
         lab = int(labels[i])
         r = lime(model, images[i], params.num_samples, params.n_segments, params.compactness, params.sigma,
                  seed=params.seed, labels=[lab], outputs=params.outputs)

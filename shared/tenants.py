@@ -1,0 +1,122 @@
+"""Tenants, their API keys and limits, and browser sessions, in Redis.
+
+A key belongs to one tenant and is stored only as its SHA-256; it is shown once, when it
+is made. The admin key (`XAIQ_API_KEY`) is not stored: it bootstraps the service and is
+itself tenant `admin`. A browser session maps a random token (the HttpOnly cookie) to the
+key it was opened with, so revoking the key ends its sessions.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis
+
+from shared.settings import Settings
+
+TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+ADMIN, OPEN = "admin", "default"    # the admin key's tenant; everyone's when no admin key is set
+LIMITS = ("max_job_gflop", "max_tenant_gflop", "max_tenant_units", "max_tenant_jobs")
+KEYS, IDS = "xaiq:keys", "xaiq:key-ids"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a tenant, and whether with the admin key."""
+
+    tenant: str
+    admin: bool = False
+    key_id: str = ""
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def valid_tenant(name: str) -> bool:
+    return bool(TENANT.match(name or ""))
+
+
+class Tenants:
+    def __init__(self, s: Settings, r: redis.Redis):
+        self.settings, self.r = s, r
+
+    # --- keys
+    def create_key(self, tenant: str, name: str = "") -> tuple[str, str]:
+        """(key id, key): the key is returned here only."""
+        if not valid_tenant(tenant):
+            raise ValueError("tenant: 1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit")
+        key = "xq_" + secrets.token_urlsafe(24)
+        h = digest(key)
+        record = {"id": h[:12], "tenant": tenant, "name": name[:100], "created": time.time()}
+        self.r.hset(KEYS, h, json.dumps(record))
+        self.r.hset(IDS, record["id"], h)
+        return record["id"], key
+
+    def keys(self, tenant: str | None = None) -> list[dict]:
+        records = [json.loads(v) for v in self.r.hvals(KEYS)]
+        return sorted((r for r in records if tenant in (None, r["tenant"])), key=lambda r: r["created"])
+
+    def revoke(self, key_id: str) -> bool:
+        h = self.r.hget(IDS, key_id)
+        if not h:
+            return False
+        self.r.hdel(KEYS, h)
+        self.r.hdel(IDS, key_id)
+        return True
+
+    def principal(self, key: str) -> Principal | None:
+        """The caller a presented key stands for; None for a wrong key."""
+        s = self.settings
+        if not s.api_key:
+            return Principal(OPEN, admin=True)
+        if key and hmac.compare_digest(key.encode(), s.api_key.encode()):
+            return Principal(ADMIN, admin=True, key_id="admin:" + digest(s.api_key)[:12])
+        raw = self.r.hget(KEYS, digest(key)) if key else None
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        return Principal(record["tenant"], key_id=record["id"])
+
+    # --- limits and usage
+    def limits(self, tenant: str) -> dict[str, float]:
+        own = self.r.hgetall(f"xaiq:tenant:{tenant}:limits")
+        return {k: float(own[k]) if k in own else float(getattr(self.settings, k)) for k in LIMITS}
+
+    def set_limits(self, tenant: str, **limits: float | None) -> dict[str, float]:
+        """Set (a number) or reset to the default (None) each given limit."""
+        key = f"xaiq:tenant:{tenant}:limits"
+        for name, value in limits.items():
+            if name not in LIMITS:
+                raise ValueError(f"unknown limit {name!r}; limits: {', '.join(LIMITS)}")
+            if value is None:
+                self.r.hdel(key, name)
+            else:
+                self.r.hset(key, name, float(value))
+        return self.limits(tenant)
+
+    # --- browser sessions
+    def open_session(self, p: Principal) -> str:
+        token = secrets.token_urlsafe(32)
+        ttl = int(self.settings.session_hours * 3600)
+        self.r.set(f"xaiq:session:{digest(token)}", json.dumps([p.tenant, p.admin, p.key_id]), ex=ttl)
+        return token
+
+    def session(self, token: str) -> Principal | None:
+        raw = self.r.get(f"xaiq:session:{digest(token)}") if token else None
+        if raw is None:
+            return None
+        tenant, admin, key_id = json.loads(raw)
+        current = self.principal(self.settings.api_key) if key_id.startswith("admin:") else None
+        if (current.key_id if current else None) != key_id and not self.r.hexists(IDS, key_id):
+            return None    # its key was revoked (or the admin key changed)
+        return Principal(tenant, admin, key_id)
+
+    def close_session(self, token: str) -> None:
+        if token:
+            self.r.delete(f"xaiq:session:{digest(token)}")
