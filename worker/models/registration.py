@@ -22,7 +22,8 @@ def checked(r, info: dict, data: bytes, s: Settings) -> dict:
     key = "xaiq:inspected:" + hashlib.sha256(data + json.dumps(basis, sort_keys=True).encode()).hexdigest()
     if r is not None and (hit := r.get(key)):
         return json.loads(hit)
-    result = inspect_untrusted(info, data, timeout_s=s.model_inspect_timeout_s, memory_mb=s.model_inspect_memory_mb)
+    result = inspect_untrusted(info, data, timeout_s=s.model_inspect_timeout_s, memory_mb=s.model_inspect_memory_mb,
+                               warm=s.model_inspect_warm)
     if r is not None and result.get("status") == "ready":
         r.set(key, json.dumps(result), ex=7 * 24 * 3600)
     return result

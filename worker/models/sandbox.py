@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import select
 import shutil
 import signal
 import stat
@@ -284,6 +285,7 @@ def _start(info: dict, payload: bytes, timeout_s: float, memory_mb: int):
 
 
 def _verdict(rc: int | None, timed_out: bool, result: "_Reader", timeout_s: float, memory_mb: int, cpu_s: int) -> dict:
+    """What the child's exit status and result line say."""
     if timed_out:
         return invalid(f"inspection did not finish in {timeout_s:g} s (stopped)")
     if rc is not None and rc < 0:
@@ -306,13 +308,24 @@ def _verdict(rc: int | None, timed_out: bool, result: "_Reader", timeout_s: floa
         return invalid("inspection returned no well-formed result")
 
 
-def inspect_untrusted(info: dict, data: bytes, *, timeout_s: float = 60.0, memory_mb: int = 4096) -> dict:
+def _log_output(info: dict, rc, text: str) -> None:
+    text = "".join(ch if ch.isprintable() or ch in "\n\t" else "?" for ch in text)[-LOG_CHARS:]
+    if text.strip():
+        log.info("model inspection of %r (exit status %s) said:\n%s", clean(info.get("name"), 100), rc, text)
+
+
+def inspect_untrusted(info: dict, data: bytes, *, timeout_s: float = 60.0, memory_mb: int = 4096,
+                      warm: bool = False) -> dict:
     """Load and check an uploaded model in a confined child process.
 
     `info` is the model's manifest (name, architecture, format, input, mean, std, classes),
     `data` the uploaded file. Returns `{"status": "ready", "error": None, "layers": [...],
     "hooks": bool, "parameters": int, "gflops": float}` or `{"status": "invalid", "error":
     "<short reason>"}`; never raises for anything the model does."""
+    if warm:
+        answer = WARM.ask(info, data, timeout_s, memory_mb)
+        if answer is not None:
+            return answer
     header = json.dumps({"info": info}).encode()
     payload = struct.pack(">I", len(header)) + header + bytes(data)
     started, timed_out = time.monotonic(), False
@@ -335,11 +348,67 @@ def inspect_untrusted(info: dict, data: bytes, *, timeout_s: float = 60.0, memor
             _kill_group(proc.pid)
             proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
-    text = output.data.decode("utf-8", "replace")
-    text = "".join(ch if ch.isprintable() or ch in "\n\t" else "?" for ch in text)[-LOG_CHARS:]
-    if text.strip():
-        log.info("model inspection of %r (exit status %s) said:\n%s", clean(info.get("name"), 100), proc.returncode, text)
+    _log_output(info, proc.returncode, output.data.decode("utf-8", "replace"))
     return _verdict(proc.returncode, timed_out, result, timeout_s, memory_mb, cpu_s)
+
+
+class _Warm:
+    """This worker process's zygote (`worker.models.zygote`): started on first use exactly as
+    a one-shot child is (clean environment, `nobody`), then one fork per model."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self.lock = threading.Lock()
+
+    def _start(self) -> None:
+        popen_args, drop = _privileges()
+        workdir = tempfile.mkdtemp(prefix="xaiq-zygote-")
+        owner = drop[1].split(":") if drop else (popen_args.get("user"), popen_args.get("group"))
+        if owner[0] is not None:
+            os.chown(workdir, int(owner[0]), int(owner[1]))
+        os.chmod(workdir, 0o700)
+        cmd = [sys.executable, "-B", "-s", "-m", "worker.models.zygote", *drop]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     cwd=workdir, env=_environment(workdir), close_fds=True, start_new_session=True,
+                                     **popen_args)
+
+    def _answer(self, deadline: float) -> dict:
+        fd, body = self.proc.stdout.fileno(), b""
+        while True:
+            want = 4 if len(body) < 4 else 4 + struct.unpack(">I", body[:4])[0]
+            if len(body) >= want and len(body) > 4:
+                return json.loads(body[4:want])
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(fd, 1 << 16) if ready else b""
+            if not chunk:
+                raise TimeoutError("the zygote did not answer")
+            body += chunk
+
+    def ask(self, info: dict, data: bytes, timeout_s: float, memory_mb: int) -> dict | None:
+        """The verdict, or None when the zygote could not give one (then: a one-shot child)."""
+        from worker.models.zygote import encode_request
+
+        with self.lock:
+            try:
+                if self.proc is None or self.proc.poll() is not None:
+                    self._start()
+                self.proc.stdin.write(encode_request({"info": info, "timeout_s": timeout_s, "memory_mb": memory_mb},
+                                                     bytes(data)))
+                self.proc.stdin.flush()
+                a = self._answer(time.monotonic() + timeout_s + 120)   # + the zygote's own start
+            except (OSError, ValueError, TimeoutError, json.JSONDecodeError, struct.error) as e:
+                log.warning("the warm model inspection failed (%r); starting one process for this model", e)
+                if self.proc is not None:
+                    _kill_group(self.proc.pid)
+                self.proc = None
+                return None
+        _log_output(info, a["rc"], a["log"])
+        result = _Reader.__new__(_Reader)
+        result.data, result.overflow = bytearray(a["result"].encode()), False
+        return _verdict(a["rc"], a["timed_out"], result, timeout_s, memory_mb, max(1, int(timeout_s)) + 1)
+
+
+WARM = _Warm()
 
 
 # --- the child ------------------------------------------------------------------------------
@@ -465,6 +534,30 @@ def _inspect(info: dict, data: bytes, memory_mb: int) -> dict:
             "parameters": int(parameters), "gflops": float(gflops)}
 
 
+def run_inspection(info: dict, data: bytes, memory_mb: int) -> dict:
+    """The child's whole work: the verdict on one model, never an exception."""
+    try:
+        return _inspect(info, data, memory_mb)
+    except _Refused as e:
+        return invalid(e)
+    except BaseException as e:  # noqa: BLE001 - our own code failed: say where, not what the model said
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        return invalid(_raised("inspection", e, memory_mb))
+
+
+def not_dumpable() -> None:
+    """Other processes of this user may not read this one's memory or environment."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl(4, 0, 0, 0, 0)   # PR_SET_DUMPABLE, 0
+    except (OSError, AttributeError):
+        pass
+
+
 def _read_input() -> tuple[dict, bytes]:
     raw = sys.stdin.buffer.read()
     (n,) = struct.unpack(">I", raw[:4])
@@ -536,16 +629,8 @@ def main(argv: list[str] | None = None) -> int:
         _keep_imports_working()
         uid, gid = (int(x) for x in args.drop_to.split(":"))
         _drop_to(uid, gid)
-    try:
-        info, data = _read_input()
-        result = _inspect(info, data, args.memory_mb)
-    except _Refused as e:
-        result = invalid(e)
-    except BaseException as e:  # noqa: BLE001 - our own code failed: say where, not what the model said
-        import traceback
-
-        traceback.print_exc(file=sys.stderr)
-        result = invalid(_raised("inspection", e, args.memory_mb))
+    info, data = _read_input()
+    result = run_inspection(info, data, args.memory_mb)
     line = (json.dumps(result) + "\n").encode()
     view = memoryview(line)
     while view:
