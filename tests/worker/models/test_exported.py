@@ -17,28 +17,13 @@ from torch import nn
 import worker.explain as E
 from shared.methods import METHODS
 from worker.models import exported
-from worker.models.architectures import DigitsCNN
-from worker.models.digits import WEIGHTS
+from tests.zoo import digits_cnn
+from tests.zoo import exported as export_program
 from worker.models.loading import build_model, layers
 from worker.models.opcheck import ForbiddenOperator
 
 torch.set_num_threads(2)
-BATCH = torch.export.Dim("batch")
-
-
-def _save(model: nn.Module, example: torch.Tensor, dynamic: bool = True) -> bytes:
-    ep = torch.export.export(model, (example,), dynamic_shapes=({0: BATCH},) if dynamic else None)
-    buf = io.BytesIO()
-    torch.export.save(ep, buf)
-    return buf.getvalue()
-
-
-def _digits() -> nn.Module:
-    from safetensors.torch import load_file
-
-    m = DigitsCNN()
-    m.load_state_dict(load_file(WEIGHTS / "digits-cnn.safetensors"))
-    return m.eval()
+_save, _digits = export_program, digits_cnn
 
 
 def _vit() -> nn.Module:

@@ -19,55 +19,15 @@ from torch import nn
 import worker.explain as E
 from shared.huggingface import read_configs, spec_from_configs
 from shared.methods import METHODS
+from tests.zoo import CLASSES, build, processor, zip_folder
 from worker.images import decode, standardize
 from worker.models import huggingface
 from worker.models.loading import layers
 
 torch.set_num_threads(2)
-CLASSES = ["cat", "dog", "fish", "bird"]
 
 
-def _processor(kind: str) -> dict:
-    """preprocessor_config.json as HF's processors write it (ViT: a plain resize; the CNNs:
-    ConvNeXt's shortest edge / crop_pct and centre crop)."""
-    from transformers import ConvNextImageProcessorPil, ViTImageProcessorPil
-
-    if kind == "vit":
-        p = ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    else:
-        p = ConvNextImageProcessorPil(size={"shortest_edge": 32}, crop_pct=0.875, resample=3,
-                                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
-    return json.loads(p.to_json_string())
-
-
-def _build(kind: str) -> nn.Module:
-    from transformers import (
-        ConvNextConfig,
-        ConvNextForImageClassification,
-        ResNetConfig,
-        ResNetForImageClassification,
-        ViTConfig,
-        ViTForImageClassification,
-    )
-
-    torch.manual_seed(0)
-    labels = {"id2label": dict(enumerate(CLASSES)), "label2id": {c: i for i, c in enumerate(CLASSES)}}
-    if kind == "vit":
-        return ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                                                   num_attention_heads=2, intermediate_size=64, **labels))
-    if kind == "resnet":
-        return ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                                                         layer_type="basic", **labels))
-    return ConvNextForImageClassification(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
-                                                         patch_size=4, image_size=32, **labels))
-
-
-def _zip(folder, nested: str = "") -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in sorted(folder.iterdir()):
-            z.write(f, nested + f.name)
-    return buf.getvalue()
+_processor, _build, _zip = processor, build, zip_folder
 
 
 @pytest.fixture(scope="module")
