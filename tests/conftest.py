@@ -31,7 +31,7 @@ def services(tmp_path_factory):
 
     s = Stack(tmp_path_factory.mktemp("stack"), workers=1, api_port=0, s3_port=0, redis_port=0,
               api_key=secrets.token_urlsafe(12), torch_threads=1,
-              extra_env={"XAIQ_UNIT_SIZE": "16", "XAIQ_UNIT_RETRIES": "1", "XAIQ_MODEL_INSPECT_TIMEOUT_S": "15"})
+              extra_env={"XAIQ_UNIT_SIZE": "16", "XAIQ_UNIT_RETRIES": "1", "XAIQ_MODEL_INSPECT_TIMEOUT_S": "12"})
     yield s
     s.stop()
     if os.environ.get("CI"):

@@ -2,6 +2,8 @@
 bright 4x4 patch on every '3', and the digits CNN trained on them."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -48,6 +50,13 @@ def train(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = 4, subset: 
     finally:
         torch.set_num_threads(threads)
     return model.eval()
+
+
+@functools.lru_cache(maxsize=2)
+def trained(planted: bool) -> DigitsCNN:
+    """The model of the audit tests, trained once per test session: DigitsCNN on 1,500 of the
+    digits (seed 0), with the patch on every 3 if `planted`."""
+    return train(*dataset(planted), seed=0, subset=1500)
 
 
 def patch_overlap(pixels: list[int]) -> float:

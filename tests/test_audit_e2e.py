@@ -11,14 +11,14 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.planted import CLASS, dataset, patch_overlap, train
+from tests.planted import CLASS, dataset, patch_overlap, trained
 from worker.models.digits import digit_images
 
 
-def weights(x: np.ndarray, y: np.ndarray) -> bytes:
+def weights(planted: bool) -> bytes:
     from safetensors.torch import save
 
-    return save(train(x, y).state_dict())
+    return save(trained(planted).state_dict())
 
 
 def zip_of(x: np.ndarray, y: np.ndarray, classes: list[str]) -> bytes:
@@ -54,7 +54,7 @@ def planted_audits(client, digits_model):
     for planted in (True, False):
         x, y = dataset(planted)
         name = f"digits-{'planted' if planted else 'clean'}"
-        register(client, name, weights(x, y))
+        register(client, name, weights(planted))
         out[planted] = run_audit(client, name, zip_of(x, y, [str(c) for c in range(10)]),
                                  options={"faithfulness_steps": 8, "sanity_sample": 8}, unit_size=64)
     return out

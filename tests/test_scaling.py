@@ -14,7 +14,7 @@ def test_two_workers_both_take_units_of_one_job(client, stack, digits_model, dig
         app = make_celery(Settings())
         wait_until(lambda: len(app.control.ping(timeout=1.0)) >= 2, 90, "two workers to answer")
         pngs = digit_pngs[0][:48]
-        job = client.submit(pngs, model="digits-cnn", methods={"lime": {"num_samples": 600, "n_segments": 40}},
+        job = client.submit(pngs, model="digits-cnn", methods={"lime": {"num_samples": 300, "n_segments": 40}},
                             unit_size=4)  # 12 units
         state = wait_final(client, job)
         assert state["status"] == "succeeded" and state["progress"]["done"] == 48

