@@ -16,6 +16,8 @@ COUNTERS = {
     "units": "Work units finished",
     "unit_seconds": "Seconds spent in work units (sum; divide by units for the mean latency)",
     "images": "Images explained",
+    "device_seconds": "Seconds the devices computed inside work units (prediction, methods, audit curves)",
+    "pipeline_seconds": "Wall seconds of work units from reading the inputs to the last write",
 }
 
 
@@ -27,6 +29,10 @@ class RedisCollector:
         stats = self.clients.jobs.stats()
         for name, doc in COUNTERS.items():
             yield CounterMetricFamily(f"xaiq_{name}", doc, value=stats.get(name, 0.0))
+        busy = GaugeMetricFamily("xaiq_device_busy_ratio", "How busy the devices were in work units: "
+                                 "device_seconds / pipeline_seconds since the counters began")
+        busy.add_metric([], stats.get("device_seconds", 0.0) / max(stats.get("pipeline_seconds", 0.0), 1e-9))
+        yield busy
         for name, doc, value in (
                 ("xaiq_queue_depth", "Work items waiting, all tenants", self.clients.dispatch.waiting),
                 ("xaiq_items_running", "Work items under a lease (running)", self.clients.dispatch.leased),

@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# Run every explainer benchmark; extra arguments go to each (e.g. --quick, --device cuda, --threads 1).
-#   bench/run_all.sh --quick            # a few minutes on a 2-core CPU
-#   bench/run_all.sh --device cuda      # on a GPU machine
+# The benchmark table (bench/throughput.py): every ratio measured against baselines in the same
+# run, printed and written to bench/results/throughput-<device>-<mode>.json. Arguments go to it:
+#   bench/run_all.sh                    # full sizes, by hand (~20 min on a 2-core CPU)
+#   bench/run_all.sh --short            # CI's short mode (~1.5 min): records, never fails on timing
+#   bench/run_all.sh --device cuda      # the whole table on one GPU (< 5 min)
+# --legacy also runs the older single-purpose scripts afterwards (LIME memory, 2 workers vs 1,
+# an audit of 2,000 digits).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-../.venv/bin/python}"
 [ -x "$PY" ] || PY=python
-# The explainers, then the service: 2 workers vs 1, and an audit of 2,000 images.
-for b in saliency_bench.py filters_bench.py lime_bench.py lime_memory.py job_64.py workers_bench.py audit_2000.py; do
-  echo "=== $b $*"
-  "$PY" "$b" "$@"
+legacy=0
+args=()
+for a in "$@"; do
+  if [ "$a" = --legacy ]; then legacy=1; else args+=("$a"); fi
 done
+"$PY" throughput.py "${args[@]}"
+if [ "$legacy" = 1 ]; then
+  for b in lime_memory.py workers_bench.py audit_2000.py; do
+    echo "=== $b ${args[*]}"
+    "$PY" "$b" "${args[@]}"
+  done
+fi

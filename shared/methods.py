@@ -18,6 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 SEED = Field(default=0, ge=0, lt=2**32, description="random seed (0 .. 2**32 - 1)")
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+FORWARD_PRECISION = Field(
+    default="auto", description="of the forward-only passes: 'auto' picks bf16/fp16 only where the device runs it "
+    "fast (CUDA tensor cores, CPUs with AMX or AVX512-BF16), else fp32; a reduced one that disagrees with fp32 on "
+    "the images themselves falls back to fp32")
+GRADIENT_PRECISION = Field(
+    default="fp32", description="of the forward passes under the gradients: fp32 unless asked ('auto' as for LIME)")
 
 
 class Params(BaseModel):
@@ -60,6 +67,7 @@ class LimeParams(Params):
         description="what the surrogate fits: the model's raw outputs (the course exercise's; min_weight=0.05 is on "
         "that scale) or softmax probabilities (the lime package's convention)",
     )
+    precision: Precision = FORWARD_PRECISION
 
 
 class SmoothGradParams(Params):
@@ -68,6 +76,7 @@ class SmoothGradParams(Params):
     samples: int = Field(default=25, ge=1, le=500)
     noise: float = Field(default=0.15, ge=0, le=1, description="noise std as a fraction of each image's value range")
     seed: int = SEED
+    precision: Precision = GRADIENT_PRECISION
 
 
 class IntegratedGradientsParams(Params):
@@ -75,6 +84,7 @@ class IntegratedGradientsParams(Params):
 
     steps: int = Field(default=50, ge=2, le=1000)
     baseline: Literal["zeros", "mean"] = "zeros"
+    precision: Precision = GRADIENT_PRECISION
 
 
 class GradCamParams(Params):

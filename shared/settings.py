@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -98,6 +99,30 @@ class Settings(BaseSettings):
     each instead of about 10 s of imports; costs some 0.5 GB of memory)."""
     worker_metrics_port: int = 0
     """If set, each worker serves Prometheus metrics on this port (+ its process index)."""
+
+    # --- Throughput: what runs beside the device, and how models run (see bench/README.md).
+    io_threads: int = Field(8, ge=1, le=64)
+    """Threads per worker process that read, decode, encode and write beside the device work (at most
+    eight tasks per thread wait; beyond that the device waits, so memory stays bounded)."""
+    unit_figure: bool = True
+    """Render each unit's composite figure (`figure.png`), in the I/O threads; off saves its CPU."""
+    png_level: int = Field(1, ge=0, le=9)
+    """zlib level of the pictures: 1 is several times faster than 6 (PIL's default) for a few % more bytes."""
+    fold_batchnorm: bool = True
+    """Fold eval-mode batch norm into the convolution before it, in the copy that forward-only passes use
+    (LIME's scoring, audit curves, predictions); gradients always use the model as registered."""
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    """NHWC weights and inputs for forward-only passes; 'auto': on for models with a Conv2d (faster with
+    oneDNN and tensor cores), off otherwise."""
+    compile: Literal["off", "on", "cuda-graphs"] = "off"
+    """torch.compile the forward-only copies ('on': a dynamic batch dimension; 'cuda-graphs': mode
+    reduce-overhead, batches padded to powers of two). Each worker then pays the compilation on its first
+    unit of a model (about 30 s on a 2-core CPU for a 35% faster food-11 forward): for long-running
+    workers, where bench/throughput.py --compile shows a gain on that device."""
+    batch_measure_s: float = Field(8.0, ge=0)
+    """Seconds one batch-size measurement may take: the fastest batch is measured once per model, input
+    shape, device, method and precision (median of 3 timings per size) and shared through Redis. 0: no
+    measuring, a default from the input size."""
 
 
 @lru_cache

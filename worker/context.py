@@ -1,5 +1,6 @@
-"""What a worker process keeps between items: connections, the device, loaded models,
-job manifests, an I/O thread pool, and the heartbeat that renews the current item's lease."""
+"""What a worker process keeps between items: connections, the device, loaded (and
+prepared) models, job manifests, an I/O thread pool, the measured batch sizes shared
+through Redis, and the heartbeat that renews the current item's lease."""
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,10 @@ import torch
 
 from shared.backends import Backends
 from shared.storage import Keys
+from worker.explain.batching import Sizer
+from worker.explain.calibrate import MeasuredSizes
 from worker.models.loading import LoadedModel, ModelCache, pick_device
+from worker.models.prepare import Options
 
 log = logging.getLogger("xaiq.worker")
 
@@ -50,6 +54,34 @@ class Heartbeat:
             self.b.dispatch.release(item)
 
 
+class RedisSizes:
+    """Measured batch sizes in one Redis hash that every worker reads, with a copy in this
+    process; Redis away costs a measurement, never a unit."""
+
+    KEY = "xaiq:batch-sizes"
+
+    def __init__(self, r):
+        self.r, self.local = r, {}
+
+    def get(self, key: str) -> int | None:
+        if key not in self.local:
+            try:
+                value = self.r.hget(self.KEY, key)
+            except Exception as e:  # noqa: BLE001 - measured again instead
+                log.warning("batch sizes not read: %r", e)
+                return None
+            if value is not None:
+                self.local[key] = int(value)
+        return self.local.get(key)
+
+    def set(self, key: str, value: int) -> None:
+        self.local[key] = int(value)
+        try:
+            self.r.hset(self.KEY, key, int(value))
+        except Exception as e:  # noqa: BLE001 - kept in this process at least
+            log.warning("batch size not shared: %r", e)
+
+
 @dataclass
 class WorkerContext(Backends):
     patient: bool = True     # storage and Redis outages are waited out
@@ -62,11 +94,20 @@ class WorkerContext(Backends):
 
     @cached_property
     def models(self) -> ModelCache:
-        return ModelCache(self.settings.model_cache_size)
+        return ModelCache(self.settings.model_cache_size, Options.of(self.settings))
 
     @cached_property
     def io(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(8, thread_name_prefix="xaiq-io")
+        return ThreadPoolExecutor(self.settings.io_threads, thread_name_prefix="xaiq-io")
+
+    @cached_property
+    def batch_sizes(self) -> RedisSizes:
+        return RedisSizes(self.jobs.r)
+
+    def sizer(self, lm: LoadedModel) -> Sizer | None:
+        """The model's measured batch sizes (None: the defaults, `XAIQ_BATCH_MEASURE_S` 0)."""
+        budget = self.settings.batch_measure_s
+        return MeasuredSizes(self.batch_sizes, lm.key, budget_s=budget) if budget > 0 else None
 
     @cached_property
     def heartbeat(self) -> Heartbeat:

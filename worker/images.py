@@ -8,6 +8,7 @@ from PIL import Image
 
 
 MAX_PICTURE_SIDE = 2048  # pictures follow the input's size, up to this
+PNG_LEVEL = 1   # zlib level: several times faster than PIL's default 6, for a few per cent more bytes
 
 
 DEEP = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0}
@@ -68,9 +69,9 @@ def standardize(batch: np.ndarray, info: dict) -> np.ndarray:
     return (batch - mean) / std
 
 
-def png(picture: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
-    """(H, W, 3) or (H, W) float in [0, 1] -> PNG bytes, resized to `size` (w, h) if given
-    (scaled down to MAX_PICTURE_SIDE at most)."""
+def png(picture: np.ndarray, size: tuple[int, int] | None = None, level: int = PNG_LEVEL) -> bytes:
+    """(H, W, 3) or (H, W) float in [0, 1] -> PNG bytes (zlib `level`), resized to `size`
+    (w, h) if given (scaled down to MAX_PICTURE_SIDE at most)."""
     arr = (np.clip(np.nan_to_num(picture), 0, 1) * 255).round().astype(np.uint8)
     img = Image.fromarray(arr)
     if size and max(size) > MAX_PICTURE_SIDE:
@@ -79,7 +80,7 @@ def png(picture: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
     if size and img.size != tuple(size):
         img = img.resize(tuple(size), Image.NEAREST if min(img.size) < 64 else Image.BILINEAR)
     buf = io.BytesIO()
-    img.save(buf, "PNG")
+    img.save(buf, "PNG", compress_level=level)
     return buf.getvalue()
 
 

@@ -104,3 +104,69 @@ def test_the_audit_hook_adds_objects_and_fields(ctx, unit_model, digit_pngs):
     assert seen == [((3, 1, 32, 32), ["saliency"])]
     assert ctx.storage.get(keys.unit(job, 0, "extra.npy")) == b"x"
     assert [ctx.storage.get_json(keys.item(job, i))["checked"] for i in range(3)] == [0, 1, 2]
+
+
+def test_a_unit_reports_how_busy_the_device_was_and_files_its_batch_sizes(ctx, unit_model, digit_pngs):
+    from worker.context import RedisSizes
+    from worker.unit import run_unit
+
+    ctx.jobs.r.delete(RedisSizes.KEY)
+    ctx.batch_sizes.local.clear()
+    job = make_job(ctx, unit_model, digit_pngs[0][:4], {"lime": {"num_samples": 40, "n_segments": 12}})
+    assert run_unit(ctx, keys.tenant, job, 0, 0, 4) == (4, 0)
+    item = ctx.storage.get_json(keys.item(job, 0))
+    timings, chosen = item["timings"], item["precision"]["lime"]
+    assert chosen in ("fp32", "bf16", "fp16")
+    assert {"lime", "predict", "unit", "device_busy"} <= set(timings)
+    assert 0 < timings["device_busy"] <= 1 and timings["unit"] >= timings["lime"]
+    filed = ctx.jobs.r.hgetall(RedisSizes.KEY)      # measured once, for every worker
+    assert [k.split("|")[3:] for k in filed] == [["forward", chosen]] and int(next(iter(filed.values()))) >= 1
+    assert ctx.jobs.stats().get("device_seconds", 0) > 0
+
+
+def test_without_the_figure(settings, unit_model, digit_pngs):
+    from worker.context import WorkerContext
+    from worker.unit import run_unit
+
+    quiet = WorkerContext(settings.model_copy(update={"device": "cpu", "unit_figure": False}))
+    job = make_job(quiet, unit_model, digit_pngs[0][:2], {"saliency": {}})
+    assert run_unit(quiet, keys.tenant, job, 0, 0, 2) == (2, 0)
+    assert quiet.storage.exists(keys.item(job, 1, "saliency.png"))
+    assert not quiet.storage.exists(keys.unit(job, 0, "figure.png"))
+
+
+class Recording:
+    """A storage that records the order of writes (and fails on request)."""
+
+    def __init__(self, fail: str = ""):
+        self.order, self.fail = [], fail
+
+    def put(self, key, data, content_type=None):
+        if key == self.fail:
+            raise OSError("storage away")
+        time.sleep(0.001)
+        self.order.append(key)
+
+    def put_json(self, key, obj):
+        self.put(key, b"{}")
+
+
+def test_the_writer_stores_in_the_background_and_stops_on_errors():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.unit import Writer
+
+    st, pool = Recording(), ThreadPoolExecutor(4)
+    with Writer(st, pool, limit=3) as out:     # a bounded queue: submit waits for a free slot
+        for k in range(20):
+            out.submit(lambda k=k: [(f"a/{k}.png", b"x"), (f"a/{k}.npy", b"y")])
+        out.wait()
+        out.put([(f"a/{k}/item.json", {}) for k in range(5)])
+        out.wait()
+    assert len(st.order) == 45 and all(k.endswith("item.json") for k in st.order[-5:])
+    broken = Recording(fail="b/3.png")
+    with pytest.raises(OSError):
+        with Writer(broken, pool, limit=8) as out:
+            out.put([(f"b/{k}.png", b"x") for k in range(6)])
+            out.wait()
+    assert "b/3.png" not in broken.order

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from worker.explain.batching import device_of, probabilities
+from worker.explain.precision import choose
 
 Predict = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
 
@@ -39,10 +40,17 @@ def auc(curve: np.ndarray) -> np.ndarray:
     return np.trapezoid(curve, dx=1.0 / (curve.shape[-1] - 1), axis=-1)
 
 
-def predict_fn(model: torch.nn.Module, device: str | torch.device | None = None) -> Predict:
-    """A `predict(x) -> softmax probabilities` for a classifier returning logits."""
+def predict_fn(model: torch.nn.Module, device: str | torch.device | None = None, precision: str = "fp32",
+               probe: torch.Tensor | None = None) -> Predict:
+    """A `predict(x) -> softmax probabilities` for a classifier returning logits; its passes at
+    `precision` when `probe` (the images, and their blurred baselines) shows the reduced dtype
+    agrees with fp32 (`choose`)."""
     device = device or device_of(model)
-    return lambda x: probabilities(model, x.to(device), chunk=len(x) or 1)
+    if probe is None or precision == "fp32":
+        return lambda x: probabilities(model, x.to(device), chunk=len(x) or 1)
+    probe = probe.to(device)
+    forward, _ = choose(model, precision, torch.cat([probe, gaussian_blur(probe)]))
+    return lambda x: forward(x.to(device)).softmax(1)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:

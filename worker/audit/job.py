@@ -13,9 +13,10 @@ from worker import explain, images, render
 from worker.audit import finalize, run_sanity, unit_partial
 from worker.audit.sanity import randomisable_layers
 from worker.audit.aggregate import FAITH_KEYS
-from worker.audit.faithfulness import predict_fn
+from worker.audit.faithfulness import gaussian_blur
 from worker.context import WorkerContext
-from worker.explain.batching import predicted
+from worker.explain.batching import batch_size, predicted
+from worker.explain.precision import choose
 from worker.unit import Explained, read_batch
 
 
@@ -26,9 +27,14 @@ def on_batch(manifest: dict, keys: Keys, job: str, unit: int):
     def add(e: Explained):
         truth = [manifest["truth"][i] for i in e.batch.indices]
         heatmaps = {m: r.heatmaps for m, r in e.results.items()}
-        partial = unit_partial(e.inputs, truth, e.batch.indices, heatmaps, predict_fn(e.model.model, e.model.device),
-                               n_classes=len(e.model.classes), steps=opts["faithfulness_steps"], seed=opts["seed"],
-                               probs=e.probabilities)
+        model, device = e.model.model, e.model.device
+        with torch.inference_mode():   # the curves' passes at the audit's precision, guarded on their ends
+            probe = torch.cat([e.inputs[:16], gaussian_blur(e.inputs[:16])])
+            forward, dtype = choose(model, opts.get("precision", "auto"), probe)
+            partial = unit_partial(e.inputs, truth, e.batch.indices, heatmaps,
+                                   lambda x: forward(x.to(device)).softmax(1), n_classes=len(e.model.classes),
+                                   steps=opts["faithfulness_steps"], seed=opts["seed"], probs=e.probabilities,
+                                   batch_size=batch_size(model, e.inputs[0], "faithfulness", dtype))
         preds = partial.preds
         fields = [{
             "label": int(truth[j]), "label_class": e.model.classes[truth[j]], "correct": bool(preds[j] == truth[j]),

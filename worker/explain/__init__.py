@@ -14,12 +14,12 @@ from .result import Explanation
 from .filters import FilterExplanation, filter_explanation
 from .gradcam import gradcam
 from .integrated_gradients import integrated_gradients
-from .lime import LimeExplanation, lime
+from .lime import LimeExplanation, lime, lime_many
 from .saliency import saliency
 from .smoothgrad import smoothgrad
 
 __all__ = ["Explanation", "FilterExplanation", "LimeExplanation", "filter_explanation", "gradcam",
-           "integrated_gradients", "lime", "run", "saliency", "smoothgrad"]
+           "integrated_gradients", "lime", "lime_many", "run", "saliency", "smoothgrad"]
 
 
 def run(method_name: str, model, images, labels, params=None) -> Explanation:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batching import auto_batch_size, checkpoint, prepare
+from .batching import batch_size as size_for, checkpoint, prepare
 from .hooks import as_map, capture, evaluating, run_until
 from .pictures import normalize, rgb, to_numpy
 from .result import Explanation
@@ -102,7 +102,7 @@ def filter_explanation(model: nn.Module, images: torch.Tensor, layer: str, filte
         with torch.no_grad():
             acts = as_map(run_until(model, x, box), *x.shape[-2:])[:, filters].detach()
             box.value = None
-        bs = batch_size or auto_batch_size(model, x[0], grad=True, cap=len(filters))
+        bs = batch_size or size_for(model, x[0], "filters", grad=True, cap=len(filters))
         vis = torch.cat([_optimise(model, box, x, filters[i:i + bs], iterations, lr, style, seed)
                          for i in range(0, len(filters), bs)])
     return FilterExplanation(to_numpy(acts), to_numpy(vis))

@@ -16,6 +16,7 @@ from .batching import predicted, prepare
 from .gradients import over_copies
 from .hooks import evaluating
 from .pictures import overlay, to_numpy
+from .precision import NAMES, resolve
 from .result import Explanation
 
 
@@ -28,8 +29,10 @@ def baseline_of(x: torch.Tensor, baseline: str) -> torch.Tensor:
     raise ValueError(f"unknown baseline {baseline!r}")
 
 
-def integrated_gradients_tensor(model, images, labels=None, steps=50, baseline="zeros", batch_size=None):
+def integrated_gradients_tensor(model, images, labels=None, steps=50, baseline="zeros", batch_size=None,
+                                precision="fp32"):
     x, y = prepare(model, images, labels)
+    dtype = resolve(precision, x.device)
     leg_x, leg_w = np.polynomial.legendre.leggauss(steps)
     alphas = torch.tensor(0.5 * (1 + leg_x), dtype=torch.float32, device=x.device).view(1, -1, 1, 1, 1)
     weights = torch.tensor(0.5 * leg_w, dtype=torch.float32, device=x.device).view(1, -1, 1, 1, 1)
@@ -39,19 +42,23 @@ def integrated_gradients_tensor(model, images, labels=None, steps=50, baseline="
         b = baseline_of(x, baseline)
         out = over_copies(model, x, y, steps,
                           make=lambda s: b[s, None] + alphas * (x[s] - b[s])[:, None],
-                          reduce=lambda g, s: (x[s] - b[s]) * (g * weights).sum(1), batch_size=batch_size)
+                          reduce=lambda g, s: (x[s] - b[s]) * (g * weights).sum(1), batch_size=batch_size,
+                          method="integrated_gradients", dtype=dtype)
     return out, y
 
 
 def integrated_gradients(model: nn.Module, images: torch.Tensor, labels=None, steps: int = 50,
-                         baseline: str = "zeros", batch_size: int | None = None) -> np.ndarray:
-    """(N,C,H,W) float32 signed attributions; labels default to predicted classes."""
-    return to_numpy(integrated_gradients_tensor(model, images, labels, steps, baseline, batch_size)[0])
+                         baseline: str = "zeros", batch_size: int | None = None, precision: str = "fp32") -> np.ndarray:
+    """(N,C,H,W) float32 signed attributions; labels default to predicted classes.
+    precision: the forward passes' ('fp32' unless asked; see `precision.resolve`)."""
+    return to_numpy(integrated_gradients_tensor(model, images, labels, steps, baseline, batch_size, precision)[0])
 
 
 def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params) -> Explanation:
     """maps: (N,C,H,W) signed; heatmaps: (N,H,W) channel sum (signed);
     pictures: jet overlay of the positive part of the heatmap."""
-    a, _ = integrated_gradients_tensor(model, images, labels, params.steps, params.baseline)
+    a, _ = integrated_gradients_tensor(model, images, labels, params.steps, params.baseline,
+                                       precision=params.precision)
     heat = a.sum(1)
-    return Explanation(maps=to_numpy(a), pictures=overlay(images, heat.clamp_min(0)), heatmaps=to_numpy(heat))
+    return Explanation(maps=to_numpy(a), pictures=overlay(images, heat.clamp_min(0)), heatmaps=to_numpy(heat),
+                       precision=NAMES[resolve(params.precision, a.device)])

@@ -10,20 +10,26 @@ lime's feature selection ('auto') and a weighted Ridge(alpha=1) per label. The
 classifier is the model's raw outputs (`outputs="logits"`, what the seed's `predict`
 handed to lime, and the scale its `min_weight=0.05` picture was made for) or
 softmax(model(x)) (`outputs="probabilities"`, the lime package's convention).
+A unit's images go through as one stream (`lime_many`): segmented in a pool beside the
+device, their perturbations scored in full batches across images (in the chosen
+`precision`), each image's result the same as alone with the same seed.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from .batching import auto_batch_size, checkpoint, prepare, run_chunked
+from .batching import batch_size as size_for, checkpoint, prepare
 from .hooks import evaluating
-from .pictures import normalize, rgb, to_numpy
-from .result import Explanation
 from .lime_base import ridge, select_features
+from .pictures import normalize, rgb, to_numpy
+from .precision import NAMES, choose
+from .result import Explanation
 
 
 def slic_segments(image_hwc: np.ndarray, n_segments=100, compactness=1.0, sigma=1.0) -> np.ndarray:
@@ -50,6 +56,7 @@ class LimeExplanation:
     local_pred: dict = field(default_factory=dict)  # label -> surrogate's value at the image
     top_labels: list = field(default_factory=list)  # explained labels, most probable first
     probabilities: np.ndarray | None = None         # (K,) the classifier's outputs for the image itself
+    precision: str = "fp32"                         # the dtype the perturbations were scored in
 
     def weight_map(self, label) -> np.ndarray:
         """(H, W) float32: each pixel's superpixel weight for `label` (0 where unselected)."""
@@ -93,32 +100,6 @@ def samples(num_samples: int, n_seg: int, seed: int | None) -> np.ndarray:
     return data
 
 
-def score(model: nn.Module, img: torch.Tensor, seg: np.ndarray, data: np.ndarray, outputs: str,
-          batch_size: int | None) -> np.ndarray:
-    """The model's outputs (float64, (S, K)) for the perturbed images: hidden superpixels
-    filled with their mean colour per channel (lime's hide_color=None)."""
-    n_seg, c = int(seg.max()) + 1, img.shape[0]
-    seg_t = torch.as_tensor(seg, device=img.device).reshape(-1)
-    sums = torch.zeros(c, n_seg, dtype=torch.float64, device=img.device).index_add_(1, seg_t, img.reshape(c, -1).double())
-    fill = (sums / torch.bincount(seg_t, minlength=n_seg))[:, seg_t].reshape(img.shape).float()
-    diff = img - fill
-    data_t = torch.as_tensor(data, dtype=torch.float32, device=img.device)
-    cap = batch_size or auto_batch_size(model, img, grad=False, cap=len(data))
-    out = []
-
-    def run(i, j):
-        mask = data_t[i:j, seg_t].reshape(j - i, 1, *img.shape[1:])   # (B,1,H,W) 1 = shown
-        xb = fill + mask * diff
-        if xb.device.type == "cpu":   # oneDNN convolutions are faster on NHWC
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        y = model(xb).float()
-        out.append(torch.softmax(y, 1) if outputs == "probabilities" else y)
-
-    with evaluating(model):
-        run_chunked(model, img, len(data), cap, batch_size is None and img.device.type == "cpu", run)
-    return torch.cat(out).double().cpu().numpy()
-
-
 def cosine_distances(X: np.ndarray, x0: np.ndarray) -> np.ndarray:
     """1 - cos(X_i, x0) per row, clipped to [0, 2] (scikit-learn's cosine distances)."""
     X, x0 = np.asarray(X, np.float64), np.asarray(x0, np.float64)
@@ -147,41 +128,173 @@ def fit(hwc: np.ndarray, seg: np.ndarray, data: np.ndarray, P: np.ndarray, label
     return out
 
 
+class _Done:
+    """A finished future: what `submit` gives without a pool."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+_POOL: dict[int, ThreadPoolExecutor] = {}
+
+
+def submit(pool: ThreadPoolExecutor | None, fn, *args):
+    """fn(*args) in `pool` beside the device work, or at once without one."""
+    return pool.submit(fn, *args) if pool is not None else _Done(fn(*args))
+
+
+def side_pool() -> ThreadPoolExecutor:
+    """Threads that segment images and fit surrogates while the device scores (one pool per
+    process: a forked worker child makes its own)."""
+    pid = os.getpid()
+    if pid not in _POOL:
+        _POOL.clear()
+        threads = max(2, min(8, (os.cpu_count() or 2) // 2))   # SLIC releases the GIL: threads segment in parallel
+        _POOL[pid] = ThreadPoolExecutor(threads, thread_name_prefix="xaiq-lime")
+    return _POOL[pid]
+
+
+@dataclass
+class Perturbed:
+    """One image's LIME samples and what builds their perturbed copies on the device."""
+
+    index: int                  # the image's place in the batch
+    hwc: np.ndarray
+    seg: np.ndarray             # (H, W) superpixel ids 0..S-1
+    data: np.ndarray            # (num_samples, S) on/off, row 0 all on
+    fill: torch.Tensor          # (C, H, W) each pixel's superpixel mean colour
+    diff: torch.Tensor          # image - fill
+    seg_t: torch.Tensor         # (H*W,) superpixel of each pixel
+    data_t: torch.Tensor        # data as float32 on the device
+    outputs: list = field(default_factory=list)
+
+    @classmethod
+    def of(cls, index: int, img: torch.Tensor, hwc: np.ndarray, seg: np.ndarray, num_samples: int,
+           seed) -> "Perturbed":
+        seg = np.unique(seg, return_inverse=True)[1].reshape(seg.shape)   # ids 0..S-1
+        n_seg, c = int(seg.max()) + 1, img.shape[0]
+        data = samples(num_samples, n_seg, seed)
+        seg_t = torch.as_tensor(seg, device=img.device).reshape(-1)
+        sums = torch.zeros(c, n_seg, dtype=torch.float64, device=img.device).index_add_(
+            1, seg_t, img.reshape(c, -1).double())
+        fill = (sums / torch.bincount(seg_t, minlength=n_seg))[:, seg_t].reshape(img.shape).float()
+        return cls(index, hwc, seg, data, fill, img - fill, seg_t,
+                   torch.as_tensor(data, dtype=torch.float32, device=img.device))
+
+    def rows(self, i: int, j: int) -> torch.Tensor:
+        """Perturbed copies i..j-1 (j-i, C, H, W): hidden superpixels filled with their mean
+        colour per channel (lime's hide_color=None); tensor ops only, no loop over samples."""
+        mask = self.data_t[i:j, self.seg_t].reshape(j - i, 1, *self.fill.shape[1:])   # 1 = shown
+        return torch.addcmul(self.fill, mask, self.diff)
+
+
+class Stream:
+    """Scores the perturbed copies of many images in one stream of full batches (a batch
+    may hold the end of one image and the start of the next); `done(p)` gets each image
+    once all its rows are scored. Rows are independent, so every image's outputs are the
+    ones it gets alone."""
+
+    def __init__(self, forward, size: int, example: torch.Tensor, outputs: str, done):
+        self.forward, self.size, self.outputs, self.done = forward, size, outputs, done
+        self.buf = torch.empty((size, *example.shape), device=example.device)
+        if example.dim() == 3:
+            self.buf = self.buf.contiguous(memory_format=torch.channels_last)
+        self.n, self.owners = 0, []
+
+    def add(self, p: Perturbed) -> None:
+        start, total = 0, len(p.data)
+        while start < total:
+            take = min(total - start, self.size - self.n)
+            self.buf[self.n:self.n + take] = p.rows(start, start + take)
+            self.owners.append((p, take, start + take == total))
+            self.n, start = self.n + take, start + take
+            if self.n == self.size:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self.n:
+            return
+        checkpoint()
+        y = self.forward(self.buf[:self.n])
+        y = torch.softmax(y, 1) if self.outputs == "probabilities" else y
+        at = 0
+        for p, take, last in self.owners:
+            p.outputs.append(y[at:at + take])
+            at += take
+            if last:
+                self.done(p)
+        self.n, self.owners = 0, []
+
+
 @torch.inference_mode()
+def lime_many(model: nn.Module, images: torch.Tensor, labels=None, num_samples: int = 1000, n_segments: int = 100,
+              compactness: float = 1.0, sigma: float = 1.0, seed: int | None = None, top_labels: int | None = 5,
+              batch_size: int | None = None, segmentation_fn=None, num_features: int = 100000,
+              feature_selection: str = "auto", kernel_width: float = 0.25, outputs: str = "logits",
+              precision: str = "auto") -> list[LimeExplanation]:
+    """`lime` for each image of (N,C,H,W), as a stream: images segmented in a pool beside
+    the device, all perturbations scored in full batches across images, each surrogate fit
+    in the pool as soon as its image is scored. labels: None, or per image the classes to
+    explain. Each result equals `lime` of that image alone with the same seed."""
+    if outputs not in ("logits", "probabilities"):
+        raise ValueError(f"outputs must be 'logits' or 'probabilities', not {outputs!r}")
+    x, _ = prepare(model, images)
+    hwcs = to_numpy(x.permute(0, 2, 3, 1))
+    segment = segmentation_fn or (lambda a: slic_segments(a, n_segments, compactness, sigma))
+    pool = side_pool() if len(x) > 1 else None
+    segs = [submit(pool, segment, h.astype(np.float64)) for h in hwcs]   # float64: what lime hands it
+    fits = []
+
+    def done(p: Perturbed) -> None:
+        P = torch.cat(p.outputs).double().cpu().numpy()
+        lab = None if labels is None else labels[p.index]
+        fits.append(submit(pool, fit, p.hwc, p.seg, p.data, P, lab, top_labels, num_features, feature_selection,
+                           kernel_width))
+
+    perturbed = lambda i: Perturbed.of(i, x[i], hwcs[i], np.asarray(segs[i].result()), num_samples, seed)  # noqa: E731
+    with evaluating(model):
+        first = perturbed(0)
+        forward, dtype = choose(model, precision, first.rows(0, min(32, num_samples)))   # the guard's probe
+        size = batch_size or size_for(model, x[0], "lime", dtype, cap=len(x) * num_samples)
+        stream = Stream(forward, size, x[0], outputs, done)
+        for i in range(len(x)):
+            stream.add(first if i == 0 else perturbed(i))
+        stream.flush()
+    results = [f.result() for f in fits]
+    for r in results:
+        r.precision = NAMES[dtype]
+    return results
+
+
 def lime(model: nn.Module, image: torch.Tensor, num_samples: int = 1000, n_segments: int = 100,
          compactness: float = 1.0, sigma: float = 1.0, seed: int | None = None, labels=None,
          top_labels: int | None = 5, batch_size: int | None = None, segmentation_fn=None,
          num_features: int = 100000, feature_selection: str = "auto", kernel_width: float = 0.25,
-         outputs: str = "logits") -> LimeExplanation:
+         outputs: str = "logits", precision: str = "auto") -> LimeExplanation:
     """Explain ONE image (C,H,W) as the model takes it. labels: explain these classes;
     None: the `top_labels` most probable. segmentation_fn: (H,W,C) numpy -> (H,W) ints
-    (default: `slic_segments`). batch_size None: sized from the model's memory use.
-    outputs: "logits" (the course exercise) or "probabilities" (softmax) are what the surrogate fits."""
-    if outputs not in ("logits", "probabilities"):
-        raise ValueError(f"outputs must be 'logits' or 'probabilities', not {outputs!r}")
-    x, _ = prepare(model, image[None])
-    img = x[0]
-    hwc = to_numpy(img.permute(1, 2, 0))
-    hwc64 = hwc.astype(np.float64)   # what lime hands its segmentation_fn
-    seg = np.asarray((segmentation_fn or (lambda a: slic_segments(a, n_segments, compactness, sigma)))(hwc64))
-    seg = np.unique(seg, return_inverse=True)[1].reshape(seg.shape)   # ids 0..S-1
-    data = samples(num_samples, int(seg.max()) + 1, seed)
-    P = score(model, img, seg, data, outputs, batch_size)
-    return fit(hwc, seg, data, P, labels, top_labels, num_features, feature_selection, kernel_width)
+    (default: `slic_segments`). batch_size None: the service's measured size, else a default.
+    outputs: "logits" (the course exercise) or "probabilities" (softmax) are what the surrogate fits.
+    precision: of the scoring passes, 'auto' (reduced only where the device runs it fast), 'fp32',
+    'bf16' or 'fp16'; a reduced one that disagrees with fp32 on 32 of the perturbed copies
+    (`precision.choose`) falls back to fp32."""
+    return lime_many(model, image[None], None if labels is None else [labels], num_samples, n_segments,
+                     compactness, sigma, seed, top_labels, batch_size, segmentation_fn, num_features,
+                     feature_selection, kernel_width, outputs, precision)[0]
 
 
 def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params) -> Explanation:
-    """Per image (its samples batched): maps = heatmaps = (N,H,W) per-pixel superpixel
+    """All images in one stream (`lime_many`): maps = heatmaps = (N,H,W) per-pixel superpixel
     weight of the label; pictures: get_image_and_mask on the min-max normalised image."""
     shown = to_numpy(rgb(normalize(images.detach().float())))
-    maps, pics = [], []
-    for i in range(len(images)):
-        checkpoint()
-        lab = int(labels[i])
-        r = lime(model, images[i], params.num_samples, params.n_segments, params.compactness, params.sigma,
-                 seed=params.seed, labels=[lab], outputs=params.outputs)
-        maps.append(r.weight_map(lab))
-        pics.append(r.image_and_mask(lab, positive_only=params.positive_only, num_features=params.num_features,
-                                     min_weight=params.min_weight, image=shown[i])[0])
-    maps = np.stack(maps).astype(np.float32)
-    return Explanation(maps=maps, pictures=np.stack(pics).astype(np.float32).clip(0, 1), heatmaps=maps)
+    labs = [int(t) for t in labels]
+    rs = lime_many(model, images, [[t] for t in labs], params.num_samples, params.n_segments, params.compactness,
+                   params.sigma, seed=params.seed, outputs=params.outputs, precision=params.precision)
+    maps = np.stack([r.weight_map(t) for r, t in zip(rs, labs)]).astype(np.float32)
+    pics = [r.image_and_mask(t, positive_only=params.positive_only, num_features=params.num_features,
+                             min_weight=params.min_weight, image=shown[i])[0] for i, (r, t) in enumerate(zip(rs, labs))]
+    return Explanation(maps=maps, pictures=np.stack(pics).astype(np.float32).clip(0, 1), heatmaps=maps,
+                       precision=rs[0].precision)

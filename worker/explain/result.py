@@ -17,6 +17,7 @@ class Explanation:
     extras:    per-batch artefacts that belong to no single image, name -> array
                (e.g. the filter visualizations, (F, C, H, W)); pictures of them are
                rendered from `extra_pictures`.
+    precision: the dtype its passes ran in ('fp32', 'bf16', 'fp16'), after the guard.
     """
 
     maps: np.ndarray
@@ -24,3 +25,4 @@ class Explanation:
     heatmaps: np.ndarray | None = None
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     extra_pictures: dict[str, np.ndarray] = field(default_factory=dict)
+    precision: str = "fp32"

@@ -18,11 +18,13 @@ from .batching import predicted, prepare
 from .gradients import over_copies
 from .hooks import evaluating
 from .pictures import overlay, to_numpy
+from .precision import NAMES, resolve
 from .result import Explanation
 
 
-def smoothgrad_tensor(model, images, labels=None, samples=25, noise=0.15, seed=0, batch_size=None):
+def smoothgrad_tensor(model, images, labels=None, samples=25, noise=0.15, seed=0, batch_size=None, precision="fp32"):
     x, y = prepare(model, images, labels)
+    dtype = resolve(precision, x.device)
     with evaluating(model):
         if y is None:
             y = predicted(model, x)
@@ -31,18 +33,23 @@ def smoothgrad_tensor(model, images, labels=None, samples=25, noise=0.15, seed=0
         std = noise * (flat.max(1).values - flat.min(1).values)            # (N,)
         out = over_copies(model, x, y, samples,
                           make=lambda s: x[s, None] + std[s].view(-1, 1, 1, 1, 1) * z[None],
-                          reduce=lambda g, s: g.abs().mean(1), batch_size=batch_size)
+                          reduce=lambda g, s: g.abs().mean(1), batch_size=batch_size,
+                          method="smoothgrad", dtype=dtype)
     return out, y
 
 
 def smoothgrad(model: nn.Module, images: torch.Tensor, labels=None, samples: int = 25,
-               noise: float = 0.15, seed: int = 0, batch_size: int | None = None) -> np.ndarray:
-    """(N,C,H,W) float32, raw (not normalised) mean |grad|; labels default to predicted."""
-    return to_numpy(smoothgrad_tensor(model, images, labels, samples, noise, seed, batch_size)[0])
+               noise: float = 0.15, seed: int = 0, batch_size: int | None = None,
+               precision: str = "fp32") -> np.ndarray:
+    """(N,C,H,W) float32, raw (not normalised) mean |grad|; labels default to predicted.
+    precision: the forward passes' ('fp32' unless asked; see `precision.resolve`)."""
+    return to_numpy(smoothgrad_tensor(model, images, labels, samples, noise, seed, batch_size, precision)[0])
 
 
 def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params) -> Explanation:
     """maps: (N,C,H,W) raw; heatmaps: (N,H,W) summed over channels; pictures: jet overlay."""
-    m, _ = smoothgrad_tensor(model, images, labels, params.samples, params.noise, params.seed)
+    m, _ = smoothgrad_tensor(model, images, labels, params.samples, params.noise, params.seed,
+                             precision=params.precision)
     heat = m.sum(1)
-    return Explanation(maps=to_numpy(m), pictures=overlay(images, heat), heatmaps=to_numpy(heat))
+    return Explanation(maps=to_numpy(m), pictures=overlay(images, heat), heatmaps=to_numpy(heat),
+                       precision=NAMES[resolve(params.precision, m.device)])

@@ -13,6 +13,7 @@ from torch import nn
 
 from shared.storage import Keys, Storage
 from worker.models.architectures import build
+from worker.models.prepare import Options, prepare
 
 
 @dataclass
@@ -24,6 +25,11 @@ class LoadedModel:
     @property
     def classes(self) -> list[str]:
         return self.info["classes"]
+
+    @property
+    def key(self) -> str:
+        """What its measured batch sizes are filed under: the weights' content and format."""
+        return f"{self.info.get('format')}:{self.info.get('weights_sha256', self.info.get('version'))}"
 
 
 def pick_device(setting: str) -> torch.device:
@@ -118,10 +124,11 @@ def layers(model: nn.Module, input_shape: tuple[int, int, int] | None = None) ->
 
 class ModelCache:
     """Models loaded once per worker process, keyed by owner, name and version (versions
-    never change, so a cached one is never stale)."""
+    never change, so a cached one is never stale), each prepared for forward-only passes
+    (`worker.models.prepare`)."""
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, size: int, options: Options | None = None):
+        self.size, self.options = size, options or Options()
         self.models: OrderedDict[tuple[str | None, str, str], LoadedModel] = OrderedDict()
 
     def get(self, st: Storage, keys: Keys, name: str, version: str, device: torch.device) -> LoadedModel:
@@ -134,6 +141,7 @@ class ModelCache:
             if hashlib.sha256(data).hexdigest() != info.get("weights_sha256"):
                 raise ValueError(f"model {name!r}: the stored weights are not those of version {version}")
             model = build_model(info, data).to(device)
+            prepare(model, self.options)
             self.models[key] = LoadedModel(model, info, device)
             while len(self.models) > self.size:
                 self.models.popitem(last=False)

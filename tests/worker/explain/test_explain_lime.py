@@ -45,7 +45,7 @@ def test_same_samples_give_the_packages_explanation(digits, num_features, output
     model, x, _ = digits
     img = x[1]
     ref = package_lime(model, img, 7, 300, outputs, top_labels=3, num_features=num_features)
-    ours = E.lime(model, img, num_samples=300, seed=7, top_labels=3, segmentation_fn=seg_fn,
+    ours = E.lime(model, img, num_samples=300, seed=7, precision="fp32", top_labels=3, segmentation_fn=seg_fn,
                   num_features=num_features, outputs=outputs)
     np.testing.assert_array_equal(ours.segments, ref.segments)
     assert ours.top_labels == [int(t) for t in ref.top_labels]
@@ -82,7 +82,7 @@ def test_agrees_with_the_package_as_well_as_the_package_agrees_with_itself(digit
     for s in range(3):
         p1 = weights(package_lime(model, img, s, 1000, outputs, labels=(lab,), top_labels=None).local_exp[lab], n)
         p2 = weights(package_lime(model, img, 100 + s, 1000, outputs, labels=(lab,), top_labels=None).local_exp[lab], n)
-        o = weights(E.lime(model, img, seed=200 + s, labels=[lab], segmentation_fn=seg_fn,
+        o = weights(E.lime(model, img, seed=200 + s, precision="fp32", labels=[lab], segmentation_fn=seg_fn,
                            outputs=outputs).local_exp[lab], n)
         base.append(agree(p1, p2))
         ours.append(agree(o, p1))
@@ -102,8 +102,8 @@ def test_default_segmentation_is_the_seeds_slic_from_zero():
 
 def test_three_channels_weight_map_and_batch_size(tiny):
     model, x, y = tiny
-    a = E.lime(model, x[0], num_samples=80, n_segments=25, seed=1, labels=[int(y[0])], batch_size=7)
-    b = E.lime(model, x[0], num_samples=80, n_segments=25, seed=1, labels=[int(y[0])])
+    a = E.lime(model, x[0], num_samples=80, n_segments=25, seed=1, precision="fp32", labels=[int(y[0])], batch_size=7)
+    b = E.lime(model, x[0], num_samples=80, n_segments=25, seed=1, precision="fp32", labels=[int(y[0])])
     wa, wb = a.weight_map(int(y[0])), b.weight_map(int(y[0]))
     assert wa.shape == (24, 24) and a.segments.shape == (24, 24)
     np.testing.assert_allclose(wa, wb, atol=1e-6)
@@ -115,5 +115,23 @@ def test_three_channels_weight_map_and_batch_size(tiny):
         logits = model(x[:1])[0].numpy()
     np.testing.assert_allclose(a.probabilities, logits, atol=1e-4)   # default outputs: the seed's logits
     assert 0 <= a.score[int(y[0])] <= 1
-    p = E.lime(model, x[0], num_samples=80, n_segments=25, seed=1, labels=[int(y[0])], outputs="probabilities")
+    p = E.lime(model, x[0], num_samples=80, n_segments=25, seed=1, precision="fp32", labels=[int(y[0])], outputs="probabilities")
     assert np.isclose(sum(p.probabilities), 1, atol=1e-5)
+
+
+def test_a_stream_across_images_gives_each_image_its_own_result(digits):
+    """Batches of 7 cross the images' boundaries; each image's explanation is the one it
+    gets alone with the same seed (up to the float rounding a batch size brings), and the
+    seed's draws are per image."""
+    model, x, y = digits
+    labels = [[int(t)] for t in y[:3]]
+    many = E.lime_many(model, x[:3], labels, num_samples=40, n_segments=20, seed=5, precision="fp32", batch_size=7)
+    for i, r in enumerate(many):
+        alone = E.lime(model, x[i], num_samples=40, n_segments=20, seed=5, precision="fp32", labels=labels[i], batch_size=16)
+        np.testing.assert_array_equal(r.segments, alone.segments)
+        lab = labels[i][0]
+        assert [s for s, _ in r.local_exp[lab]] == [s for s, _ in alone.local_exp[lab]]
+        np.testing.assert_allclose([w for _, w in r.local_exp[lab]], [w for _, w in alone.local_exp[lab]],
+                                   rtol=1e-5, atol=1e-5)
+        assert r.intercept[lab] == pytest.approx(alone.intercept[lab], rel=1e-5, abs=1e-5)
+        assert r.precision == "fp32"

@@ -104,7 +104,7 @@ def test_public_functions_default_labels_and_devices(digits):
     assert E.gradcam(model, x, upsampled=False).shape == (len(x), 8, 8)   # last conv: cnn.8
     assert E.smoothgrad(model, x[:2], samples=3).shape == x[:2].shape
     assert E.integrated_gradients(model, x[:2], steps=3, baseline="mean").shape == x[:2].shape
-    r = E.lime(model, x[0], num_samples=50, n_segments=16, seed=0)
+    r = E.lime(model, x[0], num_samples=50, n_segments=16, seed=0, precision="fp32")
     assert len(r.top_labels) == 5 and r.top_labels[0] == int(pred[0])
     with pytest.raises(ValueError):
         E.saliency(model, x[0])                     # (C,H,W): not a batch

@@ -1,0 +1,688 @@
+"""The throughput table: every ratio of issue #11, each against a baseline measured in the
+same run (interleaved repeats, medians), printed and written as JSON under bench/results/.
+
+    .venv/bin/python bench/throughput.py                 # full sizes, by hand (~20 min on a 2-core CPU)
+    .venv/bin/python bench/throughput.py --short         # CI: small sizes; records, never fails on timing
+    bench/run_all.sh --device cuda                       # the whole table on one GPU (< 5 min)
+
+Sections (each skips itself, with the reason in the table, when what it needs is missing):
+  saliency   xaiq's saliency vs a bare forward + autograd.grad(CE, x), food-11 CNN batches
+  filters    cost per visualised filter: 16 filters in one batch vs the seed's loop
+  lime       one food-11 image: the forward rate (as registered, and prepared: batch norm folded,
+             NHWC) at each precision; xaiq's LIME vs the forward floor (the same forwards at the best
+             batch size + one SLIC) at each precision, and the default settings vs the seed's pipeline
+             (the `lime` package, batch_size=10); agreement of reduced precision with fp32
+  stream     LIME across a unit's images (one stream of full batches) vs one image at a time
+  service    a digits-cnn saliency job end to end (HTTP -> Redis -> Celery -> S3, succeeded) vs the
+             same maps computed bare in this process; the device-busy fraction of its units; one
+             S3 PUT; and a food-11 audit (saliency + LIME) measured end to end, projected to 10,000 images
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from _common import food11, photo, timed  # noqa: E402
+
+ROWS: list[dict] = []
+
+
+def record(section: str, name: str, value, unit: str = "", baseline=None, ratio=None, target: str = "",
+           met=None, **detail) -> None:
+    """One row of the table (and of the JSON); `met` None: no target, or not measurable here."""
+    row = {"section": section, "name": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio,
+           "target": target, "met": met, **detail}
+    ROWS.append(row)
+    print(f"  {name}: {fmt(value)} {unit}" + (f"  ratio {fmt(ratio)}" if ratio is not None else "")
+          + (f"  target {target}: {'met' if met else 'MISSED'}" if met is not None else ""), flush=True)
+
+
+def skipped(section: str, why: str) -> None:
+    record(section, f"{section}: skipped", None, why=why)
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def interleaved(fns: dict, repeats: int, device: str, warm=(), limits: dict | None = None) -> dict[str, list[float]]:
+    """Each function once per repeat, in turn (a noisy machine slows them alike); the ones in
+    `warm` run once before; `limits` caps the repeats of slow baselines."""
+    for name in warm:
+        fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(repeats):
+        for name, fn in fns.items():
+            if r < (limits or {}).get(name, repeats):
+                times[name].append(timed(fn, device))
+    return times
+
+
+def med(xs) -> float:
+    return float(statistics.median(xs))
+
+
+# --- saliency and filters ---------------------------------------------------------------
+def bench_saliency(a) -> None:
+    import worker.explain as E
+
+    batch, batches = (128, 8) if a.device.startswith("cuda") else ((8, 2) if a.short else (16, 4))
+    model = food11(a.device)
+    xs = [torch.rand(batch, 3, 128, 128, device=a.device) for _ in range(batches)]
+    ys = [torch.randint(0, 11, (batch,), device=a.device) for _ in range(batches)]
+
+    def bare():
+        for x, y in zip(xs, ys):
+            x = x.clone().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x)[0].abs()
+
+    def ours():
+        for x, y in zip(xs, ys):
+            E.saliency(model, x, y)
+
+    t = interleaved({"bare": bare, "xaiq": ours}, a.repeats, a.device, warm=("bare", "xaiq"))
+    ratio = med(t["xaiq"]) / med(t["bare"])
+    record("saliency", f"saliency, {batches} batches of {batch} food-11 images: xaiq / bare fwd+grad(x)",
+           batch * batches / med(t["xaiq"]), "images/s", baseline=batch * batches / med(t["bare"]), ratio=ratio,
+           target="<= 1.15", met=ratio <= 1.15, runs=t)
+
+
+def seed_filter_loop(x, model, cnnid, filterid, iteration):
+    """The seed's filter_explaination (hook on model.cnn[cnnid], Adam on all 4 images, keep [0])."""
+    from torch.optim import Adam
+
+    model.eval()
+    acts = {}
+    handle = model.cnn[cnnid].register_forward_hook(lambda m, i, o: acts.__setitem__("v", o))
+    model(x)
+    x = x.clone().requires_grad_()
+    opt = Adam([x], lr=1)
+    for _ in range(iteration):
+        opt.zero_grad()
+        model(x)
+        (-acts["v"][:, filterid].sum()).backward()
+        opt.step()
+    handle.remove()
+    model.zero_grad(set_to_none=True)
+    return x.detach()[0]
+
+
+def bench_filters(a) -> None:
+    import worker.explain as E
+
+    iterations, n_filters, seed_filters = (3, 4, 1) if a.short else (20, 16, 2)
+    model = food11(a.device)
+    x = torch.rand(4, 3, 128, 128, device=a.device)
+
+    def seed():
+        for k in range(seed_filters):
+            seed_filter_loop(x, model, 15, k, iterations)
+
+    def ours():
+        E.filter_explanation(model, x, "cnn.15", list(range(n_filters)), iterations, style="seed")
+
+    t = interleaved({"seed": seed, "xaiq": ours}, a.repeats, a.device, warm=("xaiq",))
+    per_seed, per_ours = med(t["seed"]) / seed_filters, med(t["xaiq"]) / n_filters
+    record("filters", f"filters, {n_filters} of cnn.15, {iterations} steps: seed loop / xaiq, per filter", per_ours,
+           "s/filter", baseline=per_seed, ratio=per_seed / per_ours, target=">= 4 (cheaper)",
+           met=per_seed / per_ours >= 4, runs=t)
+
+
+# --- LIME -------------------------------------------------------------------------------
+def seed_lime(model, hwc, samples, device, seg):
+    """The seed's pipeline: the `lime` package with batch_size=10 and the seed's classifier_fn."""
+    from lime.lime_image import LimeImageExplainer
+
+    def predict(inp):
+        with torch.no_grad():
+            return model(torch.FloatTensor(inp).permute(0, 3, 1, 2).to(device)).detach().cpu().numpy()
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        return LimeImageExplainer().explain_instance(hwc.astype(np.double), predict, segmentation_fn=seg,
+                                                     num_samples=samples, batch_size=10)
+
+
+def weights_of(e, label: int) -> np.ndarray:
+    w = np.zeros(int(e.segments.max()) + 1)
+    for s, v in e.local_exp[label]:
+        w[s] = v
+    return w
+
+
+def lime_precision(a, model, x, hwc, seg, sizer, p: str, samples: int, seed_fn) -> dict:
+    """xaiq's LIME at precision p vs the forward floor at p (and vs the seed, when given)."""
+    import worker.explain as E
+    from worker.explain.batching import sizing
+    from worker.explain.calibrate import candidates, measure
+    from worker.explain.precision import DTYPES, forward_fn
+
+    fwd = forward_fn(model, DTYPES[p])
+    with torch.inference_mode():
+        bs, rates = measure(fwd, x, candidates(x.device, x), repeats=3, budget_s=a.budget)
+    record("lime", f"the floor's batch size at {p} (a sweep of the prepared forward)", bs, "",
+           rates={str(k): round(v, 1) for k, v in rates.items()})
+    xb = x[None].repeat(bs, 1, 1, 1)
+    out = {}
+
+    def floor():
+        seg(hwc.astype(np.float64))
+        with torch.inference_mode():
+            for i in range(0, samples, bs):
+                fwd(xb[:min(bs, samples - i)])
+
+    def ours():
+        with sizing(sizer):
+            out["e"] = E.lime(model, x, num_samples=samples, seed=0, segmentation_fn=seg, precision=p)
+
+    fns = {"floor": floor, "xaiq": ours} | ({"seed": seed_fn} if seed_fn else {})
+    t = interleaved(fns, a.repeats, a.device, warm=("floor", "xaiq"), limits={"seed": a.seed_repeats})
+    return {"times": t, "e": out["e"], "batch": bs}
+
+
+def bench_lime(a) -> dict:
+    from worker.explain.calibrate import MeasuredSizes, MemoryStore
+    from worker.explain.lime import slic_segments
+    from worker.explain.precision import NAMES, resolve
+    from worker.models.prepare import Options, prepare
+
+    model, plain = trained_like_food11(a.device), trained_like_food11(a.device)
+    prepare(model, Options(compile=a.compile))
+    hwc = photo(128)
+    x = torch.tensor(hwc).permute(2, 0, 1).to(a.device)
+    seg = lambda img: slic_segments(img, 100, 1, 1)  # noqa: E731  the same segmentation for all
+    sizer = MeasuredSizes(MemoryStore(), "food11", budget_s=a.budget)
+    forward_rates(a, model, plain, x)
+    auto = NAMES[resolve("auto", a.device)]
+    try:
+        import lime  # noqa: F401
+        seed_fn = lambda: seed_lime(plain, hwc, a.samples, a.device, seg)  # noqa: E731
+    except ImportError:
+        seed_fn = None
+        skipped("lime", "the `lime` package is not installed: no seed pipeline")
+    runs = {}
+    for p in ["fp32", "bf16"] + (["fp16"] if a.device.startswith("cuda") else []):
+        n = a.samples if p == auto else a.reduced_samples
+        runs[p] = lime_precision(a, model, x, hwc, seg, sizer, p, n, seed_fn if p == auto else None) | {"n": n}
+        t = runs[p]["times"]
+        ratio = med(t["xaiq"]) / med(t["floor"])
+        official = p == auto
+        record("lime", f"LIME {p}, {n} samples: xaiq / forward floor{' (the default: auto)' if official else ''}",
+               med(t["xaiq"]), "s/image", baseline=med(t["floor"]), ratio=ratio, target="<= 1.15" if official else "",
+               met=(ratio <= 1.15) if official else None, runs=t, batch=runs[p]["batch"],
+               scored_in=runs[p]["e"].precision)
+        if official and seed_fn:
+            goal = 50 if a.device.startswith("cuda") else 2.5
+            speed = med(t["seed"]) / med(t["xaiq"])
+            record("lime", f"LIME default ({auto}), {n} samples: seed pipeline / xaiq", med(t["xaiq"]), "s/image",
+                   baseline=med(t["seed"]), ratio=speed, target=f">= {goal}", met=speed >= goal)
+    agreement(a, model, x, seg, runs)
+    return {"seed_s": med(runs[auto]["times"]["seed"]) if seed_fn else None}
+
+
+def forward_rates(a, model, plain, x) -> None:
+    """The food-11 forward, interleaved at one batch size (the prepared model's best): as
+    registered (NHWC inputs), prepared (batch norm folded, NHWC weights), compiled (full mode),
+    and prepared at each reduced precision."""
+    from worker.explain.calibrate import candidates, measure
+    from worker.explain.precision import DTYPES, forward_fn
+    from worker.models.prepare import Options, Prepared
+
+    prepared = forward_fn(model)
+    with torch.inference_mode():
+        bs, _ = measure(prepared, x, candidates(x.device, x), repeats=3, budget_s=a.budget)
+    fwds = {"as registered (NHWC inputs)": forward_fn(plain), "prepared (BN folded, NHWC weights)": prepared}
+    fwds |= {f"prepared, {p}": forward_fn(model, DTYPES[p]) for p in (["bf16", "fp16"] if a.device.startswith("cuda")
+                                                                      else ["bf16"])}
+    if not a.short and a.compile == "off":
+        t0 = time.perf_counter()
+        fwds["prepared and compiled (XAIQ_COMPILE=on)"] = compiled = Prepared(plain, Options(compile="on"))(torch.float32)
+        with torch.inference_mode():
+            compiled(x[None].repeat(bs, 1, 1, 1))
+        record("lime", "compiling the food-11 forward (once per worker and model)", time.perf_counter() - t0, "s")
+    xb = x[None].repeat(bs, 1, 1, 1)
+    calls = max(1, int(2 * bs // 8)) if a.device == "cpu" else 20
+
+    def run(f):
+        def go():
+            with torch.inference_mode():
+                for _ in range(calls):
+                    f(xb)
+        return go
+    t = interleaved({k: run(f) for k, f in fwds.items()}, a.repeats + 2, a.device, warm=tuple(fwds))
+    base = med(t["as registered (NHWC inputs)"])
+    for k, v in t.items():
+        record("lime", f"food-11 forward, batch {bs}: {k}", bs * calls / med(v), "images/s",
+               ratio=base / med(v), runs=v)
+
+
+def agreement(a, model, x, seg, runs) -> None:
+    """How closely reduced-precision LIME agrees with fp32 (same seed), beside two fp32 seeds."""
+    import worker.explain as E
+
+    for p, r in runs.items():
+        if p == "fp32":
+            continue
+        base = E.lime(model, x, num_samples=r["n"], seed=0, segmentation_fn=seg, precision="fp32")
+        other = E.lime(model, x, num_samples=r["n"], seed=1, segmentation_fn=seg, precision="fp32")
+        lab = base.top_labels[0]
+        seeds = float(np.corrcoef(weights_of(base, lab), weights_of(other, lab))[0, 1])
+        ours = r["e"]
+        if ours.precision != p or lab not in ours.local_exp:
+            record("lime", f"agreement of {p} with fp32", None, why=f"scored in {ours.precision} (the guard)")
+            continue
+        corr = float(np.corrcoef(weights_of(base, lab), weights_of(ours, lab))[0, 1])
+        record("lime", f"agreement: corr(LIME {p}, fp32) same seed, vs corr(two fp32 seeds), {r['n']} samples",
+               corr, baseline=seeds, target=">= the two seeds'", met=corr >= seeds)
+
+
+def bench_food_unit(a, seed_s: float | None) -> None:
+    """LIME per food-11 image inside a unit (one stream, segmentation beside the device) vs the
+    seed's pipeline per image: the GPU target."""
+    import worker.explain as E
+    from worker.explain.batching import sizing
+    from worker.explain.calibrate import MeasuredSizes, MemoryStore
+    from worker.models.prepare import prepare
+
+    n = a.food_unit
+    if not n or seed_s is None:
+        return skipped("food unit", "no seed pipeline timing" if n else "--food-unit 0")
+    model = trained_like_food11(a.device)
+    prepare(model)
+    x = torch.tensor(np.stack([crop(k) for k in range(n)])).permute(0, 3, 1, 2).to(a.device)
+    sizer = MeasuredSizes(MemoryStore(), "food11", budget_s=a.budget)
+
+    def unit():
+        with sizing(sizer):
+            E.lime_many(model, x, num_samples=a.samples, seed=0)
+
+    t = interleaved({"xaiq": unit}, a.repeats, a.device, warm=("xaiq",))
+    per = med(t["xaiq"]) / n
+    goal = 50 if a.device.startswith("cuda") else 2.5
+    record("lime", f"LIME per food-11 image in a unit of {n} ({a.samples} samples, default): seed / xaiq", per,
+           "s/image", baseline=seed_s, ratio=seed_s / per, target=f">= {goal}", met=seed_s / per >= goal, runs=t)
+
+
+def crop(k: int, size: int = 128) -> np.ndarray:
+    """A photo-like (size, size, 3) image in [0, 1]: crops of skimage's sample photos."""
+    from skimage import data
+    from skimage.transform import resize
+
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    img = photos[k % len(photos)]
+    rng = np.random.default_rng(k)
+    h, w = img.shape[:2]
+    side = int(min(h, w) * rng.uniform(0.5, 1.0))
+    y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+    return resize(img[y:y + side, x:x + side], (size, size), anti_aliasing=True).astype(np.float32)
+
+
+def bench_stream(a, seed_s: float | None) -> None:
+    """A unit of digits at the service's LIME defaults: one stream vs image by image."""
+    import worker.explain as E
+    from worker.explain.batching import sizing
+    from worker.explain.calibrate import MeasuredSizes, MemoryStore
+    from worker.models.digits import MEAN, STD, digit_images
+    from worker.models.prepare import prepare
+
+    model = digits_model(a.device)
+    prepare(model)
+    n, samples = (8, 200) if a.short else (32, 1000)
+    ims, _ = digit_images(n)
+    x = ((torch.tensor(np.stack([np.asarray(i, np.float32) / 255 for i in ims]))[:, None] - MEAN) / STD).to(a.device)
+    with torch.no_grad():
+        y = model(x).argmax(1).tolist()
+    sizer = MeasuredSizes(MemoryStore(), "digits", budget_s=a.budget)
+    out = {}
+
+    def stream():
+        with sizing(sizer):
+            out["s"] = E.lime_many(model, x, [[t] for t in y], num_samples=samples, seed=0)
+
+    def loop():
+        with sizing(sizer):
+            out["l"] = [E.lime(model, x[i], num_samples=samples, seed=0, labels=[y[i]]) for i in range(n)]
+
+    t = interleaved({"loop": loop, "stream": stream}, a.repeats, a.device, warm=("stream",))
+    diff = max(float(np.abs(weights_of(s, t_) - weights_of(lo, t_)).max()) for s, lo, t_ in zip(out["s"], out["l"], y))
+    record("stream", f"LIME across {n} digits ({samples} samples): image by image / one stream", med(t["stream"]) / n,
+           "s/image", baseline=med(t["loop"]) / n, ratio=med(t["loop"]) / med(t["stream"]),
+           max_weight_difference=diff, runs=t)
+
+
+def trained_like_food11(device: str = "cpu"):
+    """The food-11 CNN with He-initialised weights: its logits move by units across LIME's
+    perturbations, as a trained network's do (PyTorch's default init leaves outputs that move
+    by 1e-4, which bf16 cannot resolve: the precision guard would rightly keep fp32). Speed
+    does not depend on the weights."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = food11("cpu")
+    for mod in m.modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+            nn.init.zeros_(mod.bias)
+    return m.to(device).eval()
+
+
+def digits_model(device):
+    from safetensors.torch import load_file
+
+    from worker.models.architectures import DigitsCNN
+    from worker.models.digits import WEIGHTS
+
+    m = DigitsCNN()
+    m.load_state_dict(load_file(WEIGHTS / "digits-cnn.safetensors"))
+    return m.to(device).eval()
+# --- the service ------------------------------------------------------------------------
+def service_missing() -> str | None:
+    if not shutil.which("redis-server"):
+        return "no redis-server on this machine"
+    try:
+        from client.stack import weed_binary
+
+        weed_binary()
+    except Exception as e:  # noqa: BLE001 - the reason goes into the table
+        return f"no S3 server: {e}"
+    return None
+
+
+def bench_service(a) -> None:
+    why = service_missing() if not a.no_service else "--no-service"
+    if why:
+        skipped("service", why)
+        return audit_compute(a)
+    from client.cli import register_digits
+    from client.sdk import Client
+    from client.stack import Stack
+
+    env = {"XAIQ_DEVICE": a.device, "XAIQ_UNIT_SIZE": str(a.unit_size), "XAIQ_BATCH_MEASURE_S": str(a.budget)}
+    stack = Stack(Path(tempfile.mkdtemp(prefix="xaiq-bench-")), workers=1, api_port=0, s3_port=0, redis_port=0,
+                  api_key="bench", torch_threads=a.service_threads, extra_env=env)
+    t0 = time.perf_counter()
+    stack.start()
+    try:
+        client = Client(stack.api_url, "bench")
+        register_digits(client)
+        print(f"   (stack up and digits-cnn registered in {time.perf_counter() - t0:.1f} s)", flush=True)
+        overhead(a, stack, client)
+        s3_put(a, stack)
+        audit_projection(a, client)
+    finally:
+        stack.stop()
+
+
+def overhead(a, stack, client) -> None:
+    """The digits saliency job end to end vs the same maps computed bare in this process."""
+    import worker.explain as E
+    from client.cli import write_digit_samples
+    from worker import images as imgs
+    from worker.models.digits import manifest
+
+    paths = write_digit_samples(stack.root / "samples", a.images)
+    images = [(p.name, p.read_bytes()) for p in paths]
+    info = manifest()
+    model = digits_model(a.device)
+    x = torch.from_numpy(imgs.standardize(np.stack([imgs.decode(b, info, 2**31)[0] for _, b in images]), info))
+    x = x.to(a.device)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    jobs, posted = [], []
+
+    def e2e():
+        t0 = time.perf_counter()
+        job = client.submit(images, model="digits-cnn", methods={"saliency": {}})
+        posted.append(time.perf_counter() - t0)
+        assert client.wait(job, poll=0.02, timeout=900)["status"] == "succeeded"
+        jobs.append(job)
+
+    def bare():
+        for xs, ys in zip(x.split(a.unit_size), y.split(a.unit_size)):
+            E.run("saliency", model, xs, ys)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(a.service_threads)   # the worker's threads
+    try:
+        client.wait(client.submit(images[:64], model="digits-cnn", methods={"saliency": {}}), poll=0.05)
+        t = interleaved({"e2e": e2e, "bare": bare}, max(1, a.repeats - 1), a.device, warm=("bare",))
+    finally:
+        torch.set_num_threads(threads)
+    ratio = med(t["e2e"]) / med(t["bare"])
+    record("service", f"{a.images}-image digits-cnn saliency job end to end / bare computation", med(t["e2e"]), "s",
+           baseline=med(t["bare"]), ratio=ratio, target="<= 3", met=ratio <= 3, runs=t,
+           post_s=[round(p, 3) for p in posted], threads=a.service_threads)
+    items = [it for it, _ in zip(client.results(jobs[-1], per_page=200), range(256))]
+    busy = [it["timings"]["device_busy"] for it in items if "device_busy" in it.get("timings", {})]
+    units = [it["timings"]["unit"] for it in items if "unit" in it.get("timings", {})]
+    record("service", f"device busy in a digits saliency unit of {a.unit_size} (median)", med(busy) if busy else None,
+           "fraction", unit_s=med(units) if units else None)
+
+
+def s3_put(a, stack) -> None:
+    """What one stored object costs here (8 threads, 600 bytes): the floor under a unit's writes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.settings import Settings
+    from shared.storage import Storage
+
+    env = stack.env()
+    st = Storage(Settings(s3_endpoint=env["XAIQ_S3_ENDPOINT"], s3_access_key=env["XAIQ_S3_ACCESS_KEY"],
+                          s3_secret_key=env["XAIQ_S3_SECRET_KEY"]), True)
+    data, n = os.urandom(600), 100 if a.short else 400
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: st.put(f"bench/warm{i}", data), range(20)))
+        t0 = time.perf_counter()
+        list(pool.map(lambda i: st.put(f"bench/{i}", data), range(n)))
+    record("service", "one S3 PUT (8 threads in parallel, loopback)", (time.perf_counter() - t0) / n * 1000, "ms")
+
+
+def dataset_zip(n: int, classes: list[str]) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for k in range(n):
+            png = io.BytesIO()
+            Image.fromarray((crop(k) * 255).astype(np.uint8)).save(png, "PNG")
+            z.writestr(f"{classes[k % len(classes)]}/{k:05d}.png", png.getvalue())
+    return buf.getvalue()
+
+
+def audit_projection(a, client) -> None:
+    """A food-11 audit (saliency + LIME) of `audit_images` through the service, projected to 10,000."""
+    from safetensors.torch import save
+
+    n = a.audit_images
+    if not n:
+        return skipped("audit", "--audit-images 0")
+    classes = [f"class{k}" for k in range(11)]
+    spec = {"name": "food11-bench", "architecture": "food11-cnn", "input": {"channels": 3, "height": 128, "width": 128},
+            "mean": [0, 0, 0], "std": [1, 1, 1], "classes": classes}
+    info = client.register_model(spec, save(trained_like_food11().state_dict()), replace=True)
+    assert info["status"] == "ready", info
+    opts = {"faithfulness_steps": a.audit_steps, "sanity_sample": a.sanity_sample, "shortcuts": True}
+    body = {"model": "food11-bench", "methods": {"saliency": {}, "lime": {"num_samples": a.audit_samples}},
+            "options": opts, "unit_size": a.unit_size}
+    data = dataset_zip(n, classes)
+    t0 = time.perf_counter()
+    r = client.session.post(f"{client.server}/v1/audits", files={"dataset": ("d.zip", data)},
+                            data={"spec": json.dumps(body)})
+    r.raise_for_status()
+    audit = r.json()["id"]
+    state = client.wait(audit, poll=0.2, timeout=3600, path="/v1/audits")
+    total = time.perf_counter() - t0
+    report = client.report(audit)["report"]
+    report_s = float(report["meta"].get("report_seconds") or 0)
+    projected = (total - report_s) * 10000 / n + report_s
+    items = [it for it, _ in zip(client.results(audit, per_page=200), range(256))]
+    busy = [it["timings"]["device_busy"] for it in items if "device_busy" in it.get("timings", {})]
+    record("audit", f"food-11 audit of {n} images (saliency + LIME {a.audit_samples} samples, {a.audit_steps} "
+           "deletion/insertion steps), end to end", total, "s",
+           status=state["status"], report_s=report_s, sanity_sample=a.sanity_sample, per_image_s=(total - report_s) / n)
+    record("audit", "the same audit projected to 10,000 images (one worker)", projected / 3600, "hours")
+    record("audit", "device busy in a food-11 audit unit (median)", med(busy) if busy else None, "fraction")
+
+
+def audit_compute(a) -> None:
+    """Without the service: an audit's device work alone (saliency, LIME and the deletion/insertion
+    curves of each unit, no storage, no report), measured and projected to 10,000 images."""
+    import worker.explain as E
+    from worker.audit import unit_partial
+    from worker.audit.faithfulness import gaussian_blur
+    from worker.explain.batching import batch_size, sizing
+    from worker.explain.calibrate import MeasuredSizes, MemoryStore
+    from worker.explain.precision import choose
+    from worker.models.prepare import prepare
+
+    n = a.audit_images
+    if not n:
+        return skipped("audit", "--audit-images 0")
+    model = trained_like_food11(a.device)
+    prepare(model)
+    sizer = MeasuredSizes(MemoryStore(), "food11", budget_s=a.budget)
+    x = torch.tensor(np.stack([crop(k) for k in range(n)])).permute(0, 3, 1, 2).to(a.device)
+    methods = {"saliency": {}, "lime": {"num_samples": a.audit_samples}}
+    t0 = time.perf_counter()
+    with sizing(sizer):
+        for s in range(0, n, a.unit_size):
+            xs = x[s:s + a.unit_size]
+            with torch.no_grad():
+                probs = model(xs).softmax(1)
+            heat = {m: E.run(m, model, xs, probs.argmax(1), p).heatmaps for m, p in methods.items()}
+            with torch.inference_mode():
+                fwd, dtype = choose(model, "auto", torch.cat([xs[:16], gaussian_blur(xs[:16])]))
+                unit_partial(xs, probs.argmax(1).tolist(), list(range(s, s + len(xs))), heat,
+                             lambda z: fwd(z).softmax(1), n_classes=11, steps=a.audit_steps, probs=probs,
+                             batch_size=batch_size(model, xs[0], "faithfulness", dtype))
+    total = time.perf_counter() - t0
+    record("audit", f"food-11 audit's device work, {n} images (saliency + LIME {a.audit_samples} samples, "
+           f"{a.audit_steps} steps; no service here)", total, "s", per_image_s=total / n)
+    record("audit", "the same projected to 10,000 images (device work only)", total * 10000 / n / 3600, "hours")
+
+
+# --- the table --------------------------------------------------------------------------
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--short", action="store_true", help="CI: small sizes, about a minute on a 2-core CPU")
+    p.add_argument("--quick", action="store_true", help="the same as --short (run_all.sh's old flag)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved repeats (3; --short 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of this process (torch's default)")
+    p.add_argument("--service-threads", type=int, default=1, help="torch threads of the worker and the bare run")
+    p.add_argument("--images", type=int, default=None, help="images of the saliency job (1024; --short 128)")
+    p.add_argument("--unit-size", type=int, default=32)
+    p.add_argument("--samples", type=int, default=None, help="LIME samples (1000; --short 32)")
+    p.add_argument("--reduced-samples", type=int, default=None,
+                   help="LIME samples at a precision the device does not run fast (200; --short 8; GPU 1000)")
+    p.add_argument("--food-unit", type=int, default=None, help="food-11 images of the LIME unit (GPU 32, CPU 0)")
+    p.add_argument("--audit-images", type=int, default=None, help="images of the audit (GPU 512; CPU 4; --short 2)")
+    p.add_argument("--audit-samples", type=int, default=None, help="LIME samples in the audit (1000; --short 16)")
+    p.add_argument("--audit-steps", type=int, default=None, help="the audit's faithfulness steps (16; --short 4)")
+    p.add_argument("--sanity-sample", type=int, default=None, help="the audit's sanity sample (GPU 16; CPU 0: LIME's sanity check alone takes minutes there)")
+    p.add_argument("--budget", type=float, default=None, help="seconds one batch-size measurement may take, here and in the worker (8; --short 1)")
+    p.add_argument("--seed-repeats", type=int, default=1, help="runs of the seed's (slow) LIME pipeline")
+    p.add_argument("--compile", default="off", choices=["off", "on", "cuda-graphs"], help="XAIQ_COMPILE for LIME")
+    p.add_argument("--no-service", action="store_true", help="skip the rows that start Redis, S3, API and a worker")
+    p.add_argument("--only", default="", help="comma-separated sections: saliency,filters,lime,stream,service")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    return defaults(p.parse_args())
+
+
+def defaults(a: argparse.Namespace) -> argparse.Namespace:
+    a.short = a.short or a.quick
+    gpu = a.device.startswith("cuda")
+    pick = lambda v, full, short, cuda=None: v if v is not None else (short if a.short else (cuda if gpu and cuda is not None else full))  # noqa: E731,E501
+    a.repeats = pick(a.repeats, 3, 2)
+    a.images = pick(a.images, 1024, 128)
+    a.samples = pick(a.samples, 1000, 32)
+    a.reduced_samples = pick(a.reduced_samples, 200, 8, 1000)
+    a.food_unit = pick(a.food_unit, 0, 0, 32)
+    a.audit_images = pick(a.audit_images, 4, 2, 512)
+    a.audit_samples = pick(a.audit_samples, 1000, 16)
+    a.audit_steps = pick(a.audit_steps, 16, 4)
+    a.sanity_sample = pick(a.sanity_sample, 0, 0, 16)
+    a.budget = pick(a.budget, 8.0, 1.0)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    return a
+
+
+def meta(a) -> dict:
+    from worker.explain.precision import NAMES, cpu_features, resolve
+
+    f = cpu_features()
+    return {"device": torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else platform.processor()
+            or f.get("cpu_name", "cpu"), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "avx512_bf16": f.get("avx512_bf16"), "amx_bf16": f.get("amx_bf16"), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "auto_precision": NAMES[resolve("auto", a.device)],
+            "mode": "short" if a.short else "full", "args": vars(a), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def table() -> str:
+    lines = ["| section | row | measured | baseline | ratio | target | met |", "|---|---|---|---|---|---|---|"]
+    for r in ROWS:
+        met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        lines.append(f"| {r['section']} | {r['name']}{' (' + r['why'] + ')' if r.get('why') else ''} | "
+                     f"{fmt(r['value'])} {r['unit']} | {fmt(r['baseline'])} | {fmt(r['ratio'])} | {r['target']} | {met} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    a = parse()
+    m = meta(a)
+    print(f"# throughput on {m['device']} ({m['cpu_capability']}, {m['threads']} threads), auto precision = "
+          f"{m['auto_precision']}, {m['mode']} mode", flush=True)
+    only = set(filter(None, a.only.split(",")))
+    seed_s = None
+    t0 = time.perf_counter()
+    for name, fn in [("saliency", bench_saliency), ("filters", bench_filters), ("lime", bench_lime),
+                     ("stream", bench_stream), ("service", bench_service)]:
+        if only and name not in only:
+            continue
+        print(f"== {name}", flush=True)
+        t1 = time.perf_counter()
+        try:
+            if name == "lime":
+                seed_s = fn(a)["seed_s"]
+                bench_food_unit(a, seed_s)
+            elif name == "stream":
+                fn(a, seed_s)
+            else:
+                fn(a)
+        except Exception as e:  # noqa: BLE001 - a section that breaks is a row, the rest still runs
+            record(name, f"{name}: failed", None, why=f"{type(e).__name__}: {e}"[:300])
+        print(f"   ({time.perf_counter() - t1:.1f} s)", flush=True)
+    m["seconds"] = round(time.perf_counter() - t0, 1)
+    print("\n" + table())
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"throughput-{a.device.replace(':', '')}-{m['mode']}.json"
+    path.write_text(json.dumps({"meta": m, "rows": ROWS}, indent=1, default=str))
+    print(f"\nwritten {path} ({m['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()

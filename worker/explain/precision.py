@@ -1,0 +1,113 @@
+"""Forward-only passes (LIME's scoring, audit curves, predictions) at a chosen precision.
+
+`precision` is 'fp32', 'bf16', 'fp16' or 'auto': reduced precision only where the device
+runs it fast (CUDA tensor cores; CPUs with AMX or AVX512-BF16), fp32 elsewhere. A forward
+is the model the worker prepared for that dtype (batch norm folded, NHWC; see
+`worker.models.prepare`), else the model itself under autocast. The guard (`choose`) runs a
+probe (inputs that vary as the method's do: a few of LIME's perturbed copies, an audit's
+images and their blurred baselines) at both precisions first and keeps fp32 unless the
+reduced-precision error is small against how much the outputs move across the probe.
+Gradient methods stay in fp32 unless a caller asks otherwise.
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Callable
+
+import torch
+from torch import nn
+
+log = logging.getLogger("xaiq.worker")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+NAMES = {v: k for k, v in DTYPES.items()}
+TOLERANCE = 0.1   # largest mean |reduced - fp32| output, as a fraction of the outputs' spread over the probe
+
+Forward = Callable[[torch.Tensor], torch.Tensor]   # (B, C, H, W) float32 -> (B, K) float32, no graph
+
+
+def cpu_features() -> dict:
+    """The CPU's instruction sets as torch sees them ({} where torch cannot tell)."""
+    try:
+        return dict(torch._C._cpu._get_cpu_capability())
+    except Exception:  # noqa: BLE001 - an older or newer torch without this probe: assume nothing
+        return {}
+
+
+def fast_reduced(device: torch.device | str) -> torch.dtype | None:
+    """The reduced dtype this device computes faster than fp32, or None: bf16 on CUDA from
+    sm_80 (fp16 on sm_70/75 tensor cores); bf16 on CPUs with AMX or AVX512-BF16."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(dev)
+        if major >= 8 and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16 if major >= 7 else None
+    if dev.type == "cpu":
+        f = cpu_features()
+        return torch.bfloat16 if f.get("amx_bf16") or f.get("avx512_bf16") else None
+    return None
+
+
+def resolve(precision: str, device: torch.device | str) -> torch.dtype:
+    """The dtype that `precision` means on `device`."""
+    if precision == "auto":
+        return fast_reduced(device) or torch.float32
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return DTYPES[precision]
+
+
+_PREPARED: "weakref.WeakKeyDictionary[nn.Module, Callable[[torch.dtype], Forward]]" = weakref.WeakKeyDictionary()
+
+
+def register(model: nn.Module, make: Callable[[torch.dtype], Forward]) -> None:
+    """Forward-only passes of `model` use make(dtype) from now on. Keyed by identity, so a
+    copy of the model (the sanity check randomises one) never inherits a stale copy."""
+    _PREPARED[model] = make
+
+
+def plain(model: nn.Module, dtype: torch.dtype) -> Forward:
+    """The model as it is: NHWC inputs for convolutions, autocast for a reduced dtype."""
+    def fwd(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:   # oneDNN and tensor-core convolutions are faster on NHWC
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            if dtype == torch.float32:
+                return model(x).float()
+            with torch.autocast(x.device.type, dtype=dtype):
+                return model(x).float()
+    return fwd
+
+
+def forward_fn(model: nn.Module, dtype: torch.dtype = torch.float32) -> Forward:
+    """The forward to score with at `dtype`: the prepared one if the worker made it."""
+    make = _PREPARED.get(model)
+    return make(dtype) if make is not None else plain(model, dtype)
+
+
+def agrees(reference: torch.Tensor, reduced: torch.Tensor, tol: float = TOLERANCE) -> bool:
+    """Whether reduced-precision outputs (R, K) keep what a method reads from fp32 ones: their
+    mean error stays under `tol` of the outputs' spread across the R probe rows (their std per
+    class, averaged). A model whose outputs barely move (random weights) needs fp32."""
+    ref, low = reference.float(), reduced.float()
+    if not torch.isfinite(low).all():
+        return False
+    spread = ref.std(0).mean() if len(ref) > 1 else (ref.amax(1) - ref.amin(1)).mean()
+    return bool((low - ref).abs().mean() <= tol * spread)
+
+
+def choose(model: nn.Module, precision: str, probe: torch.Tensor) -> tuple[Forward, torch.dtype]:
+    """(forward, dtype) for `precision`: a reduced dtype only if the model's outputs for `probe`
+    (at least two inputs that vary as the method's do) agree with fp32 (`agrees`), else fp32
+    (logged)."""
+    dtype = resolve(precision, probe.device)
+    exact = forward_fn(model, torch.float32)
+    if dtype == torch.float32:
+        return exact, dtype
+    low = forward_fn(model, dtype)
+    if agrees(exact(probe), low(probe)):
+        return low, dtype
+    log.warning("%s outputs disagree with fp32 on the probe: these passes run in fp32", NAMES[dtype])
+    return exact, torch.float32
