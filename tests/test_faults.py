@@ -150,7 +150,8 @@ def test_storage_hung_for_twenty_seconds(faulty, digit_pngs):
 
 def test_cancel_during_the_last_unit(faulty, digit_pngs):
     _, client = faulty
-    job = client.submit(digit_pngs[0][:16], model="digits-cnn", methods={"saliency": {}, **LIME}, unit_size=16)
+    slow = {"lime": {"num_samples": 4000, "n_segments": 40}}   # the unit lasts seconds, not a blink
+    job = client.submit(digit_pngs[0][:16], model="digits-cnn", methods={"saliency": {}, **slow}, unit_size=16)
     wait_until(lambda: client.status(job)["status"] == "running", 60, "the only unit to start")
     time.sleep(0.5)
     t0 = time.monotonic()

@@ -98,11 +98,12 @@ def filter_explanation(model: nn.Module, images: torch.Tensor, layer: str, filte
     filters = [int(f) for f in (filters if isinstance(filters, (list, tuple)) else [filters])]
     x, _ = prepare(model, images)
     module = model.get_submodule(layer)
+    with evaluating(model):   # sized before the hook: a measurement runs whole forwards
+        bs = batch_size or size_for(model, x[0], "filters", grad=True, cap=len(filters))
     with evaluating(model), capture(module, stop=True) as box:
         with torch.no_grad():
             acts = as_map(run_until(model, x, box), *x.shape[-2:])[:, filters].detach()
             box.value = None
-        bs = batch_size or size_for(model, x[0], "filters", grad=True, cap=len(filters))
         vis = torch.cat([_optimise(model, box, x, filters[i:i + bs], iterations, lr, style, seed)
                          for i in range(0, len(filters), bs)])
     return FilterExplanation(to_numpy(acts), to_numpy(vis))

@@ -4,6 +4,7 @@ worker, through Redis); outside the service a default that never runs the model.
 timings here are made up (no test asserts a real duration)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -104,3 +105,24 @@ def test_redis_shares_measured_sizes_between_workers(redis_url):
     assert b.get("m|3x8x8|cpu|forward|fp32") == 64
     r.delete(RedisSizes.KEY)
     assert b.get("m|3x8x8|cpu|forward|fp32") == 64   # kept in the process once read
+
+
+@pytest.mark.parametrize("method, params", [
+    ("filters", {"layer": "cnn.4", "filters": [0, 1, 2], "iterations": 2}),
+    ("gradcam", {}), ("lime", {"num_samples": 20, "n_segments": 8}),
+    ("smoothgrad", {"samples": 3}), ("integrated_gradients", {"steps": 3}), ("saliency", {}),
+])
+def test_every_method_runs_with_measured_sizes(method, params):
+    """A measurement runs whole forwards: never inside a method's hooks (filters stop the
+    forward at their layer; measuring there once failed every filters unit)."""
+    import worker.explain as E
+    from worker.models.architectures import DigitsCNN
+
+    torch.manual_seed(0)
+    model, x = DigitsCNN().eval(), torch.randn(2, 1, 32, 32)
+    store = C.MemoryStore()
+    with sizing(C.MeasuredSizes(store, "digits", repeats=1, budget_s=0.2)):
+        r = E.run(method, model, x, torch.tensor([1, 2]), params)
+    assert r.maps.shape[0] == 2 and np.isfinite(r.maps).all()
+    batched = method in ("filters", "lime", "smoothgrad", "integrated_gradients")   # the others: one pass
+    assert len(store) == batched and all(int(v) >= 1 for v in store.values())
