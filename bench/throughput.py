@@ -479,6 +479,45 @@ def overhead(a, stack, client) -> None:
     units = [it["timings"]["unit"] for it in items if "unit" in it.get("timings", {})]
     record("service", f"device busy in a digits saliency unit of {a.unit_size} (median)", med(busy) if busy else None,
            "fraction", unit_s=med(units) if units else None)
+    floor = storage_floor(a, stack, images, model, x[:1], y[:1], items[0])
+    record("service", "the job's objects alone: per image 1 GET and 4 PUTs (input, picture, map, item.json), "
+           "8 threads, this process", floor, "s", ratio=floor / med(t["bare"]))
+    beyond = med(t["e2e"]) / (med(t["bare"]) + floor)
+    record("service", "end to end / (bare computation + the job's objects alone): what the service adds beyond both",
+           med(t["e2e"]), "s", baseline=med(t["bare"]) + floor, ratio=beyond)
+
+
+def storage_floor(a, stack, images, model, x, y, item) -> float:
+    """Seconds to store and read what the job stores and reads, without the service: each input
+    PUT and read back, one picture, one map and one item.json PUT per image (the sizes of this
+    job's own objects), from 8 threads. The S3 server shares this machine's cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import worker.explain as E
+    from shared.settings import Settings
+    from shared.storage import Storage
+    from worker import images as imgs
+
+    env = stack.env()
+    st = Storage(Settings(s3_endpoint=env["XAIQ_S3_ENDPOINT"], s3_access_key=env["XAIQ_S3_ACCESS_KEY"],
+                          s3_secret_key=env["XAIQ_S3_SECRET_KEY"]), True)
+    r = E.run("saliency", model, x, y)
+    picture, raw = imgs.png(r.pictures[0], (32, 32)), imgs.npy(r.maps[0])
+    record_bytes = json.dumps(item, indent=1).encode()
+
+    def one(k: int) -> None:
+        name, data = images[k]
+        st.put(f"floor/in/{k}", data, "image/png")
+        st.get(f"floor/in/{k}")
+        st.put(f"floor/out/{k}.png", picture, "image/png")
+        st.put(f"floor/out/{k}.npy", raw)
+        st.put(f"floor/out/{k}.json", record_bytes, "application/json")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(16)))   # warm connections
+        t0 = time.perf_counter()
+        list(pool.map(one, range(len(images))))
+    return time.perf_counter() - t0
 
 
 def s3_put(a, stack) -> None:

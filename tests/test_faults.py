@@ -69,6 +69,7 @@ def all_done_once(client, job: str, n: int, timeout: float = 240) -> dict:
 def submit_running(client, pngs, methods=LIME, unit_size=8) -> str:
     job = client.submit(pngs, model="digits-cnn", methods=methods, unit_size=unit_size)
     wait_until(lambda: client.status(job)["progress"]["done"] > 0, 120, "the first unit")
+    assert client.status(job)["status"] == "running"   # the fault lands in the middle of the job
     return job
 
 

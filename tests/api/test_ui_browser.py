@@ -95,8 +95,8 @@ def test_sign_in_page_guards_every_page(browser, stack, tenant_key, finished_job
 
 def test_a_cross_site_form_cannot_use_the_session(browser, stack, tenant_key, client, digit_pngs, digits_model):
     """CSRF: a page elsewhere posting to the cancel route with the victim's cookie is refused."""
-    job = client.submit(digit_pngs[0][:2], model="digits-cnn",
-                        methods={"lime": {"num_samples": 2000, "n_segments": 60}}, unit_size=1)
+    job = client.submit(digit_pngs[0][:16], model="digits-cnn",   # seconds of work: still running at the click
+                        methods={"lime": {"num_samples": 5000, "n_segments": 60}}, unit_size=1)
     ctx = browser.new_context()
     page = ctx.new_page()
     sign_in(page, stack, tenant_key)
