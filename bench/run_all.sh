@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark table (bench/throughput.py): every ratio measured against baselines in the same
 # run, printed and written to bench/results/throughput-<device>-<mode>.json. Arguments go to it:
-#   bench/run_all.sh                    # full sizes, by hand (~20 min on a 2-core CPU)
-#   bench/run_all.sh --short            # CI's short mode (~1.5 min): records, never fails on timing
+#   bench/run_all.sh                    # full sizes, by hand (~6 min on a 2-core CPU)
+#   bench/run_all.sh --short            # CI's short mode (~1 min): records, never fails on timing
 #   bench/run_all.sh --device cuda      # the whole table on one GPU (< 5 min)
 # --legacy also runs the older single-purpose scripts afterwards (LIME memory, 2 workers vs 1,
 # an audit of 2,000 digits).

@@ -1,7 +1,7 @@
 """The throughput table: every ratio of issue #11, each against a baseline measured in the
 same run (interleaved repeats, medians), printed and written as JSON under bench/results/.
 
-    .venv/bin/python bench/throughput.py                 # full sizes, by hand (~20 min on a 2-core CPU)
+    .venv/bin/python bench/throughput.py                 # full sizes, by hand (~6 min on a 2-core CPU)
     .venv/bin/python bench/throughput.py --short         # CI: small sizes; records, never fails on timing
     bench/run_all.sh --device cuda                       # the whole table on one GPU (< 5 min)
 

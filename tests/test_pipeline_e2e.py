@@ -52,6 +52,13 @@ def test_bulk_saliency_job_of_64_images_matches_captum(client, digits_model, dig
         png = Image.open(io.BytesIO(requests.get(it["methods"]["saliency"]["png"], timeout=30).content))
         assert png.size == Image.open(io.BytesIO(pngs[i][1])).size
     assert (pred == labels).mean() > 0.9  # the shipped model is right on real digits
+    for it in items:   # each unit says how busy the device was and what its methods ran in
+        assert 0 < it["timings"]["device_busy"] <= 1 and it["timings"]["unit"] > 0
+        assert it["precision"] == {"saliency": "fp32"}
+    metrics = dict(line.rsplit(" ", 1) for line in requests.get(f"{client.server}/metrics", timeout=10).text.splitlines()
+                   if line.startswith("xaiq_"))
+    assert float(metrics["xaiq_device_seconds_total"]) > 0
+    assert 0 < float(metrics["xaiq_device_busy_ratio"]) <= 1
 
 
 def test_job_from_uploaded_images(client, digits_model, digit_pngs):

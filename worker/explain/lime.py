@@ -28,7 +28,7 @@ from .batching import batch_size as size_for, checkpoint, prepare
 from .hooks import evaluating
 from .lime_base import ridge, select_features
 from .pictures import normalize, rgb, to_numpy
-from .precision import NAMES, choose
+from .precision import NAMES, choose_scored
 from .result import Explanation
 
 
@@ -157,6 +157,9 @@ def side_pool() -> ThreadPoolExecutor:
     return _POOL[pid]
 
 
+PROBE = 16   # perturbed copies the precision guard compares (and keeps, as scored rows)
+
+
 @dataclass
 class Perturbed:
     """One image's LIME samples and what builds their perturbed copies on the device."""
@@ -204,8 +207,11 @@ class Stream:
             self.buf = self.buf.contiguous(memory_format=torch.channels_last)
         self.n, self.owners = 0, []
 
-    def add(self, p: Perturbed) -> None:
-        start, total = 0, len(p.data)
+    def add(self, p: Perturbed, start: int = 0) -> None:
+        """Score p's rows from `start` (the ones before are in p.outputs already)."""
+        total = len(p.data)
+        if start >= total:
+            self.done(p)
         while start < total:
             take = min(total - start, self.size - self.n)
             self.buf[self.n:self.n + take] = p.rows(start, start + take)
@@ -214,12 +220,15 @@ class Stream:
             if self.n == self.size:
                 self.flush()
 
+    def scores(self, y: torch.Tensor) -> torch.Tensor:
+        """What the surrogate fits, from the model's outputs."""
+        return torch.softmax(y, 1) if self.outputs == "probabilities" else y
+
     def flush(self) -> None:
         if not self.n:
             return
         checkpoint()
-        y = self.forward(self.buf[:self.n])
-        y = torch.softmax(y, 1) if self.outputs == "probabilities" else y
+        y = self.scores(self.forward(self.buf[:self.n]))
         at = 0
         for p, take, last in self.owners:
             p.outputs.append(y[at:at + take])
@@ -257,11 +266,15 @@ def lime_many(model: nn.Module, images: torch.Tensor, labels=None, num_samples: 
     perturbed = lambda i: Perturbed.of(i, x[i], hwcs[i], np.asarray(segs[i].result()), num_samples, seed)  # noqa: E731
     with evaluating(model):
         first = perturbed(0)
-        forward, dtype = choose(model, precision, first.rows(0, min(32, num_samples)))   # the guard's probe
+        probe = min(PROBE, num_samples)   # the guard's probe: the first image's first perturbations
+        forward, dtype, scored = choose_scored(model, precision, first.rows(0, probe))
         size = batch_size or size_for(model, x[0], "lime", dtype, cap=len(x) * num_samples)
         stream = Stream(forward, size, x[0], outputs, done)
-        for i in range(len(x)):
-            stream.add(first if i == 0 else perturbed(i))
+        if scored is not None:   # the guard scored these rows already, in the chosen precision
+            first.outputs.append(stream.scores(scored))
+        stream.add(first, probe if scored is not None else 0)
+        for i in range(1, len(x)):
+            stream.add(perturbed(i))
         stream.flush()
     results = [f.result() for f in fits]
     for r in results:
@@ -279,7 +292,7 @@ def lime(model: nn.Module, image: torch.Tensor, num_samples: int = 1000, n_segme
     (default: `slic_segments`). batch_size None: the service's measured size, else a default.
     outputs: "logits" (the course exercise) or "probabilities" (softmax) are what the surrogate fits.
     precision: of the scoring passes, 'auto' (reduced only where the device runs it fast), 'fp32',
-    'bf16' or 'fp16'; a reduced one that disagrees with fp32 on 32 of the perturbed copies
+    'bf16' or 'fp16'; a reduced one that disagrees with fp32 on 16 of the perturbed copies
     (`precision.choose`) falls back to fp32."""
     return lime_many(model, image[None], None if labels is None else [labels], num_samples, n_segments,
                      compactness, sigma, seed, top_labels, batch_size, segmentation_fn, num_features,

@@ -102,12 +102,21 @@ def choose(model: nn.Module, precision: str, probe: torch.Tensor) -> tuple[Forwa
     """(forward, dtype) for `precision`: a reduced dtype only if the model's outputs for `probe`
     (at least two inputs that vary as the method's do) agree with fp32 (`agrees`), else fp32
     (logged)."""
+    forward, dtype, _ = choose_scored(model, precision, probe)
+    return forward, dtype
+
+
+def choose_scored(model: nn.Module, precision: str, probe: torch.Tensor
+                  ) -> tuple[Forward, torch.dtype, torch.Tensor | None]:
+    """`choose`, and the chosen forward's outputs for `probe` where the guard computed them
+    (None at fp32, where no guard runs): a caller whose probe is part of its work keeps them."""
     dtype = resolve(precision, probe.device)
     exact = forward_fn(model, torch.float32)
     if dtype == torch.float32:
-        return exact, dtype
+        return exact, dtype, None
     low = forward_fn(model, dtype)
-    if agrees(exact(probe), low(probe)):
-        return low, dtype
+    reference, reduced = exact(probe), low(probe)
+    if agrees(reference, reduced):
+        return low, dtype, reduced
     log.warning("%s outputs disagree with fp32 on the probe: these passes run in fp32", NAMES[dtype])
-    return exact, torch.float32
+    return exact, torch.float32, reference

@@ -123,3 +123,26 @@ def test_a_reduced_dtype_that_disagrees_falls_back_to_fp32():
     r = E.lime(model, x[0], num_samples=30, n_segments=8, seed=0, precision="bf16", labels=[0])
     assert r.precision == "fp32"
     assert P.agrees(model(x), model(x) + 1e-4) and not P.agrees(model(x), model(x) + 100)
+
+
+@pytest.mark.parametrize("samples", [10, 16, 50])
+def test_the_guards_probe_is_scored_once(digits, samples):
+    """The guard compares the first perturbed copies at both precisions; the stream keeps
+    those scores instead of running them again: every perturbation is scored once in the chosen
+    precision, plus the probe once in fp32. With fewer samples than the probe, the probe is all."""
+    from worker.explain.lime import PROBE
+
+    model, x, y = digits
+    rows = []
+    handle = model.register_forward_hook(lambda _m, inp, _o: rows.append((len(inp[0]), torch.is_autocast_enabled("cpu"))))
+    try:
+        r = E.lime(model, x[0], num_samples=samples, n_segments=20, seed=0, precision="bf16", labels=[int(y[0])])
+    finally:
+        handle.remove()
+    assert r.precision == "bf16" and len(r.local_exp[int(y[0])]) > 0
+    probe = min(PROBE, samples)
+    assert sum(n for n, low in rows if not low) == probe               # the probe in fp32, once
+    assert sum(n for n, low in rows if low) == samples                 # every perturbation in bf16, once
+    again = E.lime(model, x[0], num_samples=samples, n_segments=20, seed=0, precision="bf16", labels=[int(y[0])],
+                   batch_size=3)   # other batch boundaries: the same explanation
+    np.testing.assert_allclose(weights(r, int(y[0])), weights(again, int(y[0])), atol=0.05)
