@@ -1,13 +1,10 @@
 """/v1/jobs: submit, list, poll, results, cancel."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 from flask import Blueprint, url_for
 
-from api import auth, clients, intake, records, submit
+from api import clients, intake, records, submit
 from api.openapi import doc, multipart
-from shared.jobs import JobStatus
 from shared.schemas import JobCreated, JobList, JobSpec, ListQuery, ResultsPage, ResultsQuery
 from shared.schemas import JobStatus as JobStatusSchema
 
@@ -44,11 +41,7 @@ def get_job(job: str):
 def cancel_job(job: str):
     """Cancel: no unit starts afterwards, running units stop at their next batch, finished
     images keep their results; the job reads `cancelled` within seconds."""
-    state = records.state_of(job)
-    c = clients.get()
-    if c.jobs.cancel(job, auth.current().tenant) == "cancelled":   # nothing ran: end it here
-        c.end_job(job, JobStatus.CANCELLED)
-    c.dispatch.drop_tenant_job(state.tenant, job)
+    records.cancel(job)
     return records.job_state(job), 202
 
 
@@ -56,16 +49,11 @@ def cancel_job(job: str):
 @doc(query=ResultsQuery, resp={"HTTP_200": ResultsPage}, errors=(404, 422), tags=["jobs"])
 def results(job: str):
     """Per image: prediction and presigned `png` / `npy` URLs per method (`?page=1&per_page=50`)."""
-    state = records.state_of(job)
-    st = clients.get().storage
+    state, manifest = records.state_and_manifest(job)
     q = intake.read_query(ResultsQuery)
     page, per_page = q.page, q.per_page
-    manifest = records.manifest_of(job)
-    total = len(manifest["inputs"])
-    indices = range(min((page - 1) * per_page, total), min(page * per_page, total))
-    k = records.keys()
-    with ThreadPoolExecutor(8) as pool:
-        items = list(pool.map(lambda i: records.item_of(st, k, job, i, manifest, state.status), indices))
-    nxt = url_for("jobs.results", job=job, page=page + 1, per_page=per_page) if indices.stop < total else None
-    return {"job": job, "status": str(state.status), "page": page, "per_page": per_page, "total": total,
-            "items": items, "extras": records.extras_of(st, job) if page == 1 else {}, "next": nxt}
+    items, more = records.items_page(job, manifest, state.status, page, per_page)
+    nxt = url_for("jobs.results", job=job, page=page + 1, per_page=per_page) if more else None
+    extras = records.extras_of(clients.get().storage, job) if page == 1 else {}
+    return {"job": job, "status": str(state.status), "page": page, "per_page": per_page,
+            "total": len(manifest["inputs"]), "items": items, "extras": extras, "next": nxt}

@@ -18,10 +18,10 @@ def create_key():
     """Make a key for a tenant (admin); the answer holds the key, shown this once."""
     auth.require_admin()
     req, _ = intake.read_spec(KeyRequest)
-    if not valid_tenant(req.tenant):
-        raise ApiError(422, "tenant: 1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit")
-    key_id, key = clients.get().tenants.create_key(req.tenant, req.name)
-    record = next(r for r in clients.get().tenants.keys(req.tenant) if r["id"] == key_id)
+    try:
+        record, key = clients.get().tenants.create_key(req.tenant, req.name)
+    except ValueError as e:   # the tenant's name
+        raise ApiError(422, str(e)) from None
     return {**record, "key": key}, 201
 
 

@@ -15,12 +15,12 @@ from shared.schemas import ModelInfo, ModelList, ModelSpec, RegisterQuery
 from shared.storage import Keys
 
 bp = Blueprint("models", __name__, url_prefix="/v1/models")
-FORMATS = {"torchscript": "torchscript", "huggingface": "huggingface", "export": "export"}
+FORMATS = ("torchscript", "huggingface", "export")   # architectures that are also their weights' format
 
 
 def weights_format(architecture: str, data: bytes) -> str:
     if architecture in FORMATS:
-        return FORMATS[architecture]
+        return architecture
     if len(data) > 8 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") < len(data):
         return "safetensors"
     return "state_dict"  # loaded by the worker with torch.load(weights_only=True)
@@ -45,9 +45,10 @@ def completed_spec(spec: ModelSpec, data: bytes) -> dict:
     return d
 
 
-def version_of(data: bytes, spec: dict) -> str:
-    """Content hash of the weights and the spec: a job binds it at submit."""
-    h = hashlib.sha256(data)
+def version_of(weights_hash, spec: dict) -> str:
+    """Content hash of the weights (their sha256, which this leaves as it is) and the spec:
+    a job binds it at submit."""
+    h = weights_hash.copy()
     h.update(json.dumps(spec, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -81,9 +82,10 @@ def register_model():
         raise ApiError(409, f"model {spec.name!r} exists; POST with ?replace=1 to register a new version")
     d = completed_spec(spec, data)
     fmt = weights_format(spec.architecture, data)
-    version = version_of(data, {**d, "format": fmt})
+    weights_hash = hashlib.sha256(data)   # once: the weights may be hundreds of MB
+    version = version_of(weights_hash, {**d, "format": fmt})
     info = {**d, "format": fmt, "version": version, "status": "registering", "layers": [], "created": time.time(),
-            "shared": shared, "weights_sha256": hashlib.sha256(data).hexdigest()}
+            "shared": shared, "weights_sha256": weights_hash.hexdigest()}
     c.storage.put(k.weights(spec.name, version), data)
     c.storage.put_json(k.version(spec.name, version), info)
     versions = [v for v in (current or {}).get("versions", []) if v["version"] != version]

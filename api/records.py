@@ -1,10 +1,11 @@
 """Reading what the service stored, for the caller's tenant only: a job's or an audit's
 state, its items with signed URLs, its per-unit pictures, a model's manifest. Another
 tenant's object answers 404 exactly like one that does not exist. Blueprints share these;
-they never import each other."""
+they never import each other. `cancel` is here too, for the API and the pages alike."""
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 from flask import url_for
 
@@ -36,24 +37,44 @@ def created(job: str, kind: str, gflop: float, limit: float):
             {"Location": links_["self"]})
 
 
-def state_of(job: str) -> JobState:
-    """The caller's job: live state from Redis, or its manifest when Redis no longer has it."""
-    tenant = auth.current().tenant
+def _live_state(job: str) -> JobState | None:
+    """The caller's job from Redis; None when Redis no longer has it (404 for a malformed id)."""
     if not JOB_ID.match(job):
         raise ApiError(404, f"unknown job {job[:64]!r}")
-    c = clients.get()
-    state = c.jobs.get(job)
-    if state is not None and state.tenant == tenant:
-        return state
-    m = c.storage.get_json_or_none(Keys(tenant).job(job))
+    state = clients.get().jobs.get(job)
+    return state if state is not None and state.tenant == auth.current().tenant else None
+
+
+def _stored_manifest(job: str) -> dict:
+    """The caller's job manifest; 404 when there is none."""
+    tenant = auth.current().tenant
+    m = clients.get().storage.get_json_or_none(Keys(tenant).job(job))
     if m is None or m.get("tenant", tenant) != tenant:
         raise ApiError(404, f"unknown job {job!r}")
-    return JobState.from_manifest(m)
+    return m
+
+
+def state_of(job: str) -> JobState:
+    """The caller's job: live state from Redis, or its manifest when Redis no longer has it."""
+    return _live_state(job) or JobState.from_manifest(_stored_manifest(job))
+
+
+def state_and_manifest(job: str) -> tuple[JobState, dict]:
+    """The caller's job and its manifest, the manifest read once."""
+    state = _live_state(job)
+    if state is not None:
+        return state, manifest_of(job)
+    m = _stored_manifest(job)
+    return JobState.from_manifest(m), m
+
+
+def view(state: JobState) -> dict:
+    """A job's state as the API shows it: with its links."""
+    return {**state.to_dict(), "links": links(state.id, state.kind)}
 
 
 def job_state(job: str) -> dict:
-    state = state_of(job)
-    return {**state.to_dict(), "links": links(job, state.kind)}
+    return view(state_of(job))
 
 
 def audit_state(audit: str, page: bool = False) -> dict:
@@ -72,8 +93,17 @@ def recent(limit: int = 50, offset: int = 0) -> list[dict]:
     for job in c.jobs.ids(tenant, offset, limit):
         state = c.jobs.get(job)
         if state and state.tenant == tenant:
-            out.append({**state.to_dict(), "links": links(job, state.kind)})
+            out.append(view(state))
     return out
+
+
+def cancel(job: str) -> None:
+    """Cancel the caller's job: no unit starts afterwards; ended here if none runs."""
+    state = state_of(job)
+    c = clients.get()
+    if c.jobs.cancel(job, state.tenant) == "cancelled":   # nothing ran: end it here
+        c.end_job(job, JobStatus.CANCELLED)
+    c.dispatch.drop_tenant_job(state.tenant, job)
 
 
 def item_of(st: Storage, k: Keys, job: str, i: int, manifest: dict, job_status: str) -> dict:
@@ -89,6 +119,15 @@ def item_of(st: Storage, k: Keys, job: str, i: int, manifest: dict, job_status: 
     item["methods"] = {m: {"png": st.url(k.item(job, i, f"{m}.png")), "npy": st.url(k.item(job, i, f"{m}.npy"))}
                        for m in item.get("methods", [])}
     return item
+
+
+def items_page(job: str, manifest: dict, job_status: str, page: int, per_page: int) -> tuple[list[dict], bool]:
+    """The items of one page of a job's results, and whether more pages follow."""
+    st, k, total = clients.get().storage, keys(), len(manifest["inputs"])
+    indices = range(min((page - 1) * per_page, total), min(page * per_page, total))
+    with ThreadPoolExecutor(8) as pool:
+        items = list(pool.map(lambda i: item_of(st, k, job, i, manifest, job_status), indices))
+    return items, indices.stop < total
 
 
 def extras_of(st: Storage, job: str) -> dict:

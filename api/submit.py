@@ -12,11 +12,16 @@ from shared.schemas import valid_path
 from shared.storage import Keys
 
 
+def sizing(n: int, unit_size: int | None) -> tuple[int, int]:
+    """(images per unit, units) of a job of n images."""
+    size = unit_size or clients.get().settings.unit_size
+    return size, max(1, math.ceil(n / size))
+
+
 def record_and_queue(job: str, *, kind: str, info: dict, scope: str, methods: dict, inputs: list[dict],
                      unit_size: int | None, gflop: float, limits: dict, manifest: dict) -> None:
     c, tenant = clients.get(), auth.current().tenant
-    size = unit_size or c.settings.unit_size
-    units = max(1, math.ceil(len(inputs) / size))
+    size, units = sizing(len(inputs), unit_size)
     keys = Keys(tenant)
     c.storage.put_json(keys.job(job), {
         **manifest, "id": job, "kind": kind, "tenant": tenant, "model": info["name"], "model_version": info["version"],
@@ -35,12 +40,12 @@ def record_and_queue(job: str, *, kind: str, info: dict, scope: str, methods: di
                         "count": min(size, len(inputs) - u * size)} for u in range(units)])
 
 
-def plan(spec, info: dict, n: int, options: dict | None = None) -> tuple[float, int, dict]:
-    """(estimated GFLOP, units, the tenant's limits) of a job of n images; 4xx if too much."""
+def plan(spec, info: dict, n: int, options: dict | None = None) -> tuple[float, dict]:
+    """(estimated GFLOP, the tenant's limits) of a job of n images; 4xx if too much."""
     intake.check_count(n, "an audit" if options is not None else "a job")
-    units = max(1, math.ceil(n / (spec.unit_size or clients.get().settings.unit_size)))
+    _, units = sizing(n, spec.unit_size)
     gflop = intake.estimate(spec.methods, info, n, units, options)
-    return gflop, units, intake.admit_cost(gflop, units)
+    return gflop, intake.admit_cost(gflop, units)
 
 
 def submit_job(spec, files) -> tuple[str, float, float]:
@@ -52,7 +57,7 @@ def submit_job(spec, files) -> tuple[str, float, float]:
     n = len(files) if files else len(spec.inputs or [])
     if n == 0:
         raise ApiError(400, "no images: attach PNG/JPEG files (multipart) or list 'inputs' paths (JSON)")
-    gflop, _, limits = plan(spec, info, n)
+    gflop, limits = plan(spec, info, n)
     labels = intake.resolve_labels(spec.labels, n, info["classes"])
     job, keys = intake.new_id(), Keys(auth.current().tenant)
     if files:
@@ -67,13 +72,13 @@ def submit_job(spec, files) -> tuple[str, float, float]:
     return job, gflop, limits["max_job_gflop"]
 
 
-def audit_inputs(audit: str, spec, upload, classes: list[str], keys: Keys) -> tuple[list, list[int], object]:
+def audit_inputs(spec, upload, classes: list[str], keys: Keys) -> tuple[list, list[int], object]:
     """(entries, class indices, how to store them): a zip's entries, or a folder of uploads."""
-    s = clients.get().settings
+    c = clients.get()
     if upload is not None:
-        entries, z = datasets.zip_entries(upload.stream, 4 * s.max_upload_mb * 2**20)
+        entries, z = datasets.zip_entries(upload.stream, 4 * c.settings.max_upload_mb * 2**20)
     else:
-        entries, z = datasets.upload_entries(clients.get().storage, keys, spec.dataset), None
+        entries, z = datasets.upload_entries(c.storage, keys, spec.dataset), None
     intake.check_count(len(entries), "an audit")
     return entries, [datasets.class_index(folder, classes) for folder, _, _ in entries], z
 
@@ -88,9 +93,9 @@ def submit_audit(spec, upload) -> tuple[str, float, float]:
     info, scope = intake.ready_model(spec.model)
     intake.check_methods(spec.methods, info)
     audit, keys = intake.new_id(), Keys(auth.current().tenant)
-    entries, labels, z = audit_inputs(audit, spec, upload, info["classes"], keys)
+    entries, labels, z = audit_inputs(spec, upload, info["classes"], keys)
     options = spec.options.model_dump()
-    gflop, _, limits = plan(spec, info, len(entries), options)
+    gflop, limits = plan(spec, info, len(entries), options)
     names = [f"{folder}/{name}" for folder, name, _ in entries]
     if z is not None:
         stored = intake.store_checked(((n, lambda e=e: datasets.read_entry(z, e[2])) for n, e in zip(names, entries)),

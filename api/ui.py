@@ -8,7 +8,6 @@ from api import auth, clients, intake, records
 from api.errors import ApiError
 from api.openapi import doc, multipart
 from shared.schemas import NextQuery, PageQuery
-from shared.jobs import JobStatus
 
 bp = Blueprint("ui", __name__)
 
@@ -71,29 +70,22 @@ def jobs_page():
 @doc(query=PageQuery, html=True, errors=(404, 422), tags=["pages"])
 def job_page(job: str):
     """A job's images beside their maps (HTML)."""
-    state = records.job_state(job)
+    state, manifest = records.state_and_manifest(job)
     st = clients.get().storage
-    manifest = records.manifest_of(job)
     page = intake.read_query(PageQuery).page
-    per_page = 24
-    indices = range(min((page - 1) * per_page, len(manifest["inputs"])), min(page * per_page, len(manifest["inputs"])))
-    items = [records.item_of(st, records.keys(), job, i, manifest, state["status"]) for i in indices]
+    items, more = records.items_page(job, manifest, state.status, page, per_page=24)
     for item in items:
         item["input_url"] = st.url(manifest["inputs"][item["index"]]["key"])
-    more = indices.stop < len(manifest["inputs"])
-    return render_template("job.html", job=state, items=items, methods=list(state["methods"]),
+    return render_template("job.html", job=records.view(state), items=items, methods=list(state.methods),
                            extras=records.extras_of(st, job), page=page, more=more,
-                           cancellable=not JobStatus(state["status"]).final)
+                           cancellable=not state.status.final)
 
 
 @bp.post("/ui/jobs/<job>/cancel")
 @doc(html=True, redirects=True, errors=(403, 404), tags=["pages"])
 def cancel_page(job: str):
     """Cancel a job from its page (same-origin form)."""
-    state = records.state_of(job)
-    c = clients.get()
-    if c.jobs.cancel(job, state.tenant) == "cancelled":
-        c.end_job(job, JobStatus.CANCELLED)
+    records.cancel(job)
     return redirect(url_for("ui.job_page", job=job))
 
 

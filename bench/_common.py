@@ -1,7 +1,10 @@
-"""Shared bits of the explainer benchmarks: argument parsing, timing, the models."""
+"""Shared bits of the explainer benchmarks: argument parsing, timing, the models, and the
+baselines they are measured against (the seed's filter loop and LIME pipeline, a bare saliency)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import statistics
 import sys
 import time
@@ -17,7 +20,8 @@ import torch  # noqa: E402
 def args(doc: str, **extra) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=doc)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--quick", action="store_true", help="smaller sizes, a couple of minutes on a 2-core CPU")
+    p.add_argument("--quick", "--short", action="store_true",
+                   help="smaller sizes, a couple of minutes on a 2-core CPU (--short: throughput.py's name)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     for k, v in extra.items():
@@ -43,7 +47,20 @@ def timed(fn, device) -> float:
 
 
 def median(xs) -> float:
-    return statistics.median(xs)
+    return float(statistics.median(xs))
+
+
+def interleaved(fns: dict, repeats: int, device: str, warm=(), limits: dict | None = None) -> dict[str, list[float]]:
+    """Each function once per repeat, in turn (a noisy machine slows them alike); the ones in
+    `warm` run once before; `limits` caps the repeats of slow baselines."""
+    for name in warm:
+        fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(repeats):
+        for name, fn in fns.items():
+            if r < (limits or {}).get(name, repeats):
+                times[name].append(timed(fn, device))
+    return times
 
 
 def food11(device, size: int = 128):
@@ -70,3 +87,59 @@ def photo(size: int) -> np.ndarray:
 def header(name: str, a, **sizes) -> None:
     dev = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"cpu x{torch.get_num_threads()} threads"
     print(f"# {name} on {dev}; " + ", ".join(f"{k}={v}" for k, v in sizes.items()) + f"; repeats={a.repeats}")
+
+
+# --- the baselines ------------------------------------------------------------------------
+def saliency_loops(model, xs, ys):
+    """(bare, xaiq) over the same batches: a bare forward + autograd.grad(CE, x), the least
+    work that yields the input gradient, and xaiq's `saliency`."""
+    import torch.nn.functional as F
+
+    import worker.explain as E
+
+    def bare():
+        for x, y in zip(xs, ys):
+            x = x.clone().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x)[0].abs()
+
+    def ours():
+        for x, y in zip(xs, ys):
+            E.saliency(model, x, y)
+
+    return bare, ours
+
+
+def seed_filter_explaination(x, model, cnnid, filterid, iteration=100, lr=1):
+    """The seed's function (hook on model.cnn[cnnid], Adam on all 4 images, keep [0])."""
+    from torch.optim import Adam
+
+    model.eval()
+    acts = {}
+    hook_handle = model.cnn[cnnid].register_forward_hook(lambda m, i, o: acts.__setitem__("v", o))
+    model(x)
+    filter_activations = acts["v"][:, filterid].detach().cpu()
+    x = x.clone().requires_grad_()
+    optimizer = Adam([x], lr=lr)
+    for _ in range(iteration):
+        optimizer.zero_grad()
+        model(x)
+        objective = -acts["v"][:, filterid].sum()
+        objective.backward()
+        optimizer.step()
+    hook_handle.remove()
+    model.zero_grad(set_to_none=True)
+    return filter_activations, x.detach().cpu()[0]
+
+
+def seed_lime(model, hwc: np.ndarray, samples: int, device, seg):
+    """The seed's pipeline: the `lime` package with batch_size=10 and the seed's classifier_fn
+    (it returned logits; lime's cost is the same)."""
+    from lime.lime_image import LimeImageExplainer
+
+    def predict(inp):
+        with torch.no_grad():
+            return model(torch.FloatTensor(inp).permute(0, 3, 1, 2).to(device)).detach().cpu().numpy()
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        return LimeImageExplainer().explain_instance(hwc.astype(np.double), predict, segmentation_fn=seg,
+                                                     num_samples=samples, batch_size=10)

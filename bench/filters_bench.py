@@ -7,32 +7,11 @@ Target: >= 4x cheaper per filter on CPU.
 """
 from __future__ import annotations
 
-from _common import args, food11, header, median, timed
+from _common import args, food11, header, median, seed_filter_explaination, timed
 
 import torch
-from torch.optim import Adam
 
 import worker.explain as E
-
-
-def seed_filter_explaination(x, model, cnnid, filterid, iteration=100, lr=1):
-    """The seed's function (hook on model.cnn[cnnid], Adam on all 4 images, keep [0])."""
-    model.eval()
-    acts = {}
-    hook_handle = model.cnn[cnnid].register_forward_hook(lambda m, i, o: acts.__setitem__("v", o))
-    model(x)
-    filter_activations = acts["v"][:, filterid].detach().cpu()
-    x = x.clone().requires_grad_()
-    optimizer = Adam([x], lr=lr)
-    for _ in range(iteration):
-        optimizer.zero_grad()
-        model(x)
-        objective = -acts["v"][:, filterid].sum()
-        objective.backward()
-        optimizer.step()
-    hook_handle.remove()
-    model.zero_grad(set_to_none=True)
-    return filter_activations, x.detach().cpu()[0]
 
 
 def main() -> None:

@@ -6,12 +6,8 @@ Targets: xaiq within 1.10x of the floor; >= 20x faster than the seed on a GPU.
 """
 from __future__ import annotations
 
-import contextlib
-import io
+from _common import args, food11, header, interleaved, median, photo, seed_lime, timed
 
-from _common import args, food11, header, median, photo, timed
-
-import numpy as np
 import torch
 
 import worker.explain as E
@@ -28,16 +24,6 @@ def main() -> None:
     x = torch.tensor(hwc).permute(2, 0, 1).to(dev)
     seg = lambda img: slic_segments(img, 100, 1, 1)  # noqa: E731  the same segmentation for all
     header("lime", a, model="food11-cnn (random weights)", size=a.size, samples=a.samples)
-
-    def predict(inp):   # the seed's classifier_fn (it returned logits; lime's cost is the same)
-        with torch.no_grad():
-            return model(torch.FloatTensor(inp).permute(0, 3, 1, 2).to(dev)).detach().cpu().numpy()
-
-    def seed_pipeline():
-        from lime.lime_image import LimeImageExplainer
-        with contextlib.redirect_stderr(io.StringIO()):
-            LimeImageExplainer().explain_instance(hwc.astype(np.double), predict, segmentation_fn=seg,
-                                                  num_samples=a.samples, batch_size=10)
 
     def best_batch():
         speed = {}
@@ -67,13 +53,11 @@ def main() -> None:
     def ours():
         E.lime(model, x, num_samples=a.samples, seed=0, segmentation_fn=seg)
 
-    ours()   # warm up (and size the batches)
-    t = {"floor": [], "xaiq": [], "seed": []}
-    for r in range(a.repeats):
-        t["floor"].append(timed(floor, dev))
-        t["xaiq"].append(timed(ours, dev))
-        if r < a.seed_repeats:
-            t["seed"].append(timed(seed_pipeline, dev))
+    def seed_pipeline():
+        seed_lime(model, hwc, a.samples, dev, seg)
+
+    t = interleaved({"floor": floor, "xaiq": ours, "seed": seed_pipeline}, a.repeats, dev,
+                    warm=("xaiq",), limits={"seed": a.seed_repeats})   # the warm-up sizes the batches
     m = {k: median(v) for k, v in t.items()}
     for k, v in t.items():
         print(f"{k:6s} s/image: median {m[k]:.3f}  runs {[round(s, 3) for s in v]}")

@@ -7,12 +7,10 @@ Target: xaiq within 1.15x of (a).
 """
 from __future__ import annotations
 
-from _common import args, food11, header, median, timed
+from _common import args, food11, header, interleaved, median, saliency_loops
 
 import torch
 import torch.nn.functional as F
-
-import worker.explain as E
 
 
 def main() -> None:
@@ -27,10 +25,7 @@ def main() -> None:
     ys = [torch.randint(0, 11, (a.batch,), device=dev) for _ in range(a.batches)]
     header("saliency", a, model="food11-cnn", size=128, batch=a.batch, batches=a.batches)
 
-    def bare_grad():
-        for x, y in zip(xs, ys):
-            x = x.clone().requires_grad_(True)
-            torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x)[0].abs()
+    bare_grad, ours = saliency_loops(model, xs, ys)
 
     def bare_backward():
         for x, y in zip(xs, ys):
@@ -39,17 +34,8 @@ def main() -> None:
             x.grad.abs()
         model.zero_grad(set_to_none=True)
 
-    def ours():
-        for x, y in zip(xs, ys):
-            E.saliency(model, x, y)
-
-    for f in (bare_grad, bare_backward, ours):
-        f()   # warm up
-    t = {"fwd+grad(x)": [], "fwd+backward": [], "xaiq": []}
-    for _ in range(a.repeats):
-        t["fwd+grad(x)"].append(timed(bare_grad, dev))
-        t["fwd+backward"].append(timed(bare_backward, dev))
-        t["xaiq"].append(timed(ours, dev))
+    fns = {"fwd+grad(x)": bare_grad, "fwd+backward": bare_backward, "xaiq": ours}
+    t = interleaved(fns, a.repeats, dev, warm=tuple(fns))
     n = a.batch * a.batches
     m = {k: median(v) for k, v in t.items()}
     for k, v in m.items():

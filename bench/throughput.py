@@ -20,13 +20,11 @@ Sections (each skips itself, with the reason in the table, when what it needs is
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -39,9 +37,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from _common import food11, photo, timed  # noqa: E402
+from _common import (food11, interleaved, median, photo, saliency_loops, seed_filter_explaination,  # noqa: E402
+                     seed_lime)
 
 ROWS: list[dict] = []
 SHORT = False   # --short: sizes too small to judge a target
@@ -73,66 +71,19 @@ def fmt(v) -> str:
     return str(v)
 
 
-def interleaved(fns: dict, repeats: int, device: str, warm=(), limits: dict | None = None) -> dict[str, list[float]]:
-    """Each function once per repeat, in turn (a noisy machine slows them alike); the ones in
-    `warm` run once before; `limits` caps the repeats of slow baselines."""
-    for name in warm:
-        fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for r in range(repeats):
-        for name, fn in fns.items():
-            if r < (limits or {}).get(name, repeats):
-                times[name].append(timed(fn, device))
-    return times
-
-
-def med(xs) -> float:
-    return float(statistics.median(xs))
-
-
 # --- saliency and filters ---------------------------------------------------------------
 def bench_saliency(a) -> None:
-    import worker.explain as E
-
     batch, batches = (128, 8) if a.device.startswith("cuda") else ((8, 2) if a.short else (16, 4))
     model = food11(a.device)
     xs = [torch.rand(batch, 3, 128, 128, device=a.device) for _ in range(batches)]
     ys = [torch.randint(0, 11, (batch,), device=a.device) for _ in range(batches)]
 
-    def bare():
-        for x, y in zip(xs, ys):
-            x = x.clone().requires_grad_(True)
-            torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x)[0].abs()
-
-    def ours():
-        for x, y in zip(xs, ys):
-            E.saliency(model, x, y)
-
+    bare, ours = saliency_loops(model, xs, ys)
     t = interleaved({"bare": bare, "xaiq": ours}, a.repeats, a.device, warm=("bare", "xaiq"))
-    ratio = med(t["xaiq"]) / med(t["bare"])
+    ratio = median(t["xaiq"]) / median(t["bare"])
     record("saliency", f"saliency, {batches} batches of {batch} food-11 images: xaiq / bare fwd+grad(x)",
-           batch * batches / med(t["xaiq"]), "images/s", baseline=batch * batches / med(t["bare"]), ratio=ratio,
+           batch * batches / median(t["xaiq"]), "images/s", baseline=batch * batches / median(t["bare"]), ratio=ratio,
            target="<= 1.15", met=ratio <= 1.15, runs=t)
-
-
-def seed_filter_loop(x, model, cnnid, filterid, iteration):
-    """The seed's filter_explaination (hook on model.cnn[cnnid], Adam on all 4 images, keep [0])."""
-    from torch.optim import Adam
-
-    model.eval()
-    acts = {}
-    handle = model.cnn[cnnid].register_forward_hook(lambda m, i, o: acts.__setitem__("v", o))
-    model(x)
-    x = x.clone().requires_grad_()
-    opt = Adam([x], lr=1)
-    for _ in range(iteration):
-        opt.zero_grad()
-        model(x)
-        (-acts["v"][:, filterid].sum()).backward()
-        opt.step()
-    handle.remove()
-    model.zero_grad(set_to_none=True)
-    return x.detach()[0]
 
 
 def bench_filters(a) -> None:
@@ -144,32 +95,19 @@ def bench_filters(a) -> None:
 
     def seed():
         for k in range(seed_filters):
-            seed_filter_loop(x, model, 15, k, iterations)
+            seed_filter_explaination(x, model, 15, k, iterations)
 
     def ours():
         E.filter_explanation(model, x, "cnn.15", list(range(n_filters)), iterations, style="seed")
 
     t = interleaved({"seed": seed, "xaiq": ours}, a.repeats, a.device, warm=("xaiq",))
-    per_seed, per_ours = med(t["seed"]) / seed_filters, med(t["xaiq"]) / n_filters
+    per_seed, per_ours = median(t["seed"]) / seed_filters, median(t["xaiq"]) / n_filters
     record("filters", f"filters, {n_filters} of cnn.15, {iterations} steps: seed loop / xaiq, per filter", per_ours,
            "s/filter", baseline=per_seed, ratio=per_seed / per_ours, target=">= 4 (cheaper)",
            met=per_seed / per_ours >= 4, runs=t)
 
 
 # --- LIME -------------------------------------------------------------------------------
-def seed_lime(model, hwc, samples, device, seg):
-    """The seed's pipeline: the `lime` package with batch_size=10 and the seed's classifier_fn."""
-    from lime.lime_image import LimeImageExplainer
-
-    def predict(inp):
-        with torch.no_grad():
-            return model(torch.FloatTensor(inp).permute(0, 3, 1, 2).to(device)).detach().cpu().numpy()
-
-    with contextlib.redirect_stderr(io.StringIO()):
-        return LimeImageExplainer().explain_instance(hwc.astype(np.double), predict, segmentation_fn=seg,
-                                                     num_samples=samples, batch_size=10)
-
-
 def weights_of(e, label: int) -> np.ndarray:
     w = np.zeros(int(e.segments.max()) + 1)
     for s, v in e.local_exp[label]:
@@ -232,19 +170,19 @@ def bench_lime(a) -> dict:
         n = a.samples if p == auto else a.reduced_samples
         runs[p] = lime_precision(a, model, x, hwc, seg, sizer, p, n, seed_fn if p == auto else None) | {"n": n}
         t = runs[p]["times"]
-        ratio = med(t["xaiq"]) / med(t["floor"])
+        ratio = median(t["xaiq"]) / median(t["floor"])
         official = p == auto
         record("lime", f"LIME {p}, {n} samples: xaiq / forward floor{' (the default: auto)' if official else ''}",
-               med(t["xaiq"]), "s/image", baseline=med(t["floor"]), ratio=ratio, target="<= 1.15" if official else "",
-               met=(ratio <= 1.15) if official else None, runs=t, batch=runs[p]["batch"],
-               scored_in=runs[p]["e"].precision)
+               median(t["xaiq"]), "s/image", baseline=median(t["floor"]), ratio=ratio,
+               target="<= 1.15" if official else "", met=(ratio <= 1.15) if official else None, runs=t,
+               batch=runs[p]["batch"], scored_in=runs[p]["e"].precision)
         if official and seed_fn:
             goal = 50 if a.device.startswith("cuda") else 2.5
-            speed = med(t["seed"]) / med(t["xaiq"])
-            record("lime", f"LIME default ({auto}), {n} samples: seed pipeline / xaiq", med(t["xaiq"]), "s/image",
-                   baseline=med(t["seed"]), ratio=speed, target=f">= {goal}", met=speed >= goal)
+            speed = median(t["seed"]) / median(t["xaiq"])
+            record("lime", f"LIME default ({auto}), {n} samples: seed pipeline / xaiq", median(t["xaiq"]), "s/image",
+                   baseline=median(t["seed"]), ratio=speed, target=f">= {goal}", met=speed >= goal)
     agreement(a, model, x, seg, runs)
-    return {"seed_s": med(runs[auto]["times"]["seed"]) if seed_fn else None}
+    return {"seed_s": median(runs[auto]["times"]["seed"]) if seed_fn else None}
 
 
 def forward_rates(a, model, plain, x) -> None:
@@ -277,10 +215,10 @@ def forward_rates(a, model, plain, x) -> None:
                     f(xb)
         return go
     t = interleaved({k: run(f) for k, f in fwds.items()}, a.repeats + 2, a.device, warm=tuple(fwds))
-    base = med(t["as registered (NHWC inputs)"])
+    base = median(t["as registered (NHWC inputs)"])
     for k, v in t.items():
-        record("lime", f"food-11 forward, batch {bs}: {k}", bs * calls / med(v), "images/s",
-               ratio=base / med(v), runs=v)
+        record("lime", f"food-11 forward, batch {bs}: {k}", bs * calls / median(v), "images/s",
+               ratio=base / median(v), runs=v)
 
 
 def agreement(a, model, x, seg, runs) -> None:
@@ -324,7 +262,7 @@ def bench_food_unit(a, seed_s: float | None) -> None:
             E.lime_many(model, x, num_samples=a.samples, seed=0)
 
     t = interleaved({"xaiq": unit}, a.repeats, a.device, warm=("xaiq",))
-    per = med(t["xaiq"]) / n
+    per = median(t["xaiq"]) / n
     goal = 50 if a.device.startswith("cuda") else 2.5
     record("lime", f"LIME per food-11 image in a unit of {n} ({a.samples} samples, default): seed / xaiq", per,
            "s/image", baseline=seed_s, ratio=seed_s / per, target=f">= {goal}", met=seed_s / per >= goal, runs=t)
@@ -372,9 +310,9 @@ def bench_stream(a, seed_s: float | None) -> None:
 
     t = interleaved({"loop": loop, "stream": stream}, a.repeats, a.device, warm=("stream",))
     diff = max(float(np.abs(weights_of(s, t_) - weights_of(lo, t_)).max()) for s, lo, t_ in zip(out["s"], out["l"], y))
-    record("stream", f"LIME across {n} digits ({samples} samples): image by image / one stream", med(t["stream"]) / n,
-           "s/image", baseline=med(t["loop"]) / n, ratio=med(t["loop"]) / med(t["stream"]),
-           max_weight_difference=diff, runs=t)
+    record("stream", f"LIME across {n} digits ({samples} samples): image by image / one stream",
+           median(t["stream"]) / n, "s/image", baseline=median(t["loop"]) / n,
+           ratio=median(t["loop"]) / median(t["stream"]), max_weight_difference=diff, runs=t)
 
 
 def trained_like_food11(device: str = "cpu"):
@@ -402,6 +340,8 @@ def digits_model(device):
     m = DigitsCNN()
     m.load_state_dict(load_file(WEIGHTS / "digits-cnn.safetensors"))
     return m.to(device).eval()
+
+
 # --- the service ------------------------------------------------------------------------
 def service_missing() -> str | None:
     if not shutil.which("redis-server"):
@@ -475,21 +415,21 @@ def overhead(a, stack, client) -> None:
         t = interleaved({"e2e": e2e, "bare": bare}, max(1, a.repeats - 1), a.device, warm=("bare",))
     finally:
         torch.set_num_threads(threads)
-    ratio = med(t["e2e"]) / med(t["bare"])
-    record("service", f"{a.images}-image digits-cnn saliency job end to end / bare computation", med(t["e2e"]), "s",
-           baseline=med(t["bare"]), ratio=ratio, target="<= 3", met=ratio <= 3, runs=t,
+    ratio = median(t["e2e"]) / median(t["bare"])
+    record("service", f"{a.images}-image digits-cnn saliency job end to end / bare computation", median(t["e2e"]), "s",
+           baseline=median(t["bare"]), ratio=ratio, target="<= 3", met=ratio <= 3, runs=t,
            post_s=[round(p, 3) for p in posted], threads=a.service_threads)
     items = [it for it, _ in zip(client.results(jobs[-1], per_page=200), range(256))]
     busy = [it["timings"]["device_busy"] for it in items if "device_busy" in it.get("timings", {})]
     units = [it["timings"]["unit"] for it in items if "unit" in it.get("timings", {})]
-    record("service", f"device busy in a digits saliency unit of {a.unit_size} (median)", med(busy) if busy else None,
-           "fraction", unit_s=med(units) if units else None)
+    record("service", f"device busy in a digits saliency unit of {a.unit_size} (median)",
+           median(busy) if busy else None, "fraction", unit_s=median(units) if units else None)
     floor = storage_floor(a, stack, images, model, x[:1], y[:1], items[0])
     record("service", "the job's objects alone: per image 1 GET and 4 PUTs (input, picture, map, item.json), "
-           "8 threads, this process", floor, "s", ratio=floor / med(t["bare"]))
-    beyond = med(t["e2e"]) / (med(t["bare"]) + floor)
+           "8 threads, this process", floor, "s", ratio=floor / median(t["bare"]))
+    beyond = median(t["e2e"]) / (median(t["bare"]) + floor)
     record("service", "end to end / (bare computation + the job's objects alone): what the service adds beyond both",
-           med(t["e2e"]), "s", baseline=med(t["bare"]) + floor, ratio=beyond)
+           median(t["e2e"]), "s", baseline=median(t["bare"]) + floor, ratio=beyond)
 
 
 def storage_floor(a, stack, images, model, x, y, item) -> float:
@@ -499,13 +439,9 @@ def storage_floor(a, stack, images, model, x, y, item) -> float:
     from concurrent.futures import ThreadPoolExecutor
 
     import worker.explain as E
-    from shared.settings import Settings
-    from shared.storage import Storage
     from worker import images as imgs
 
-    env = stack.env()
-    st = Storage(Settings(s3_endpoint=env["XAIQ_S3_ENDPOINT"], s3_access_key=env["XAIQ_S3_ACCESS_KEY"],
-                          s3_secret_key=env["XAIQ_S3_SECRET_KEY"]), True)
+    st = stack.storage(patient=True)
     r = E.run("saliency", model, x, y)
     picture, raw = imgs.png(r.pictures[0], (32, 32)), imgs.npy(r.maps[0])
     record_bytes = json.dumps(item, indent=1).encode()
@@ -529,12 +465,7 @@ def s3_put(a, stack) -> None:
     """What one stored object costs here (8 threads, 600 bytes): the floor under a unit's writes."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from shared.settings import Settings
-    from shared.storage import Storage
-
-    env = stack.env()
-    st = Storage(Settings(s3_endpoint=env["XAIQ_S3_ENDPOINT"], s3_access_key=env["XAIQ_S3_ACCESS_KEY"],
-                          s3_secret_key=env["XAIQ_S3_SECRET_KEY"]), True)
+    st = stack.storage(patient=True)
     data, n = os.urandom(600), 100 if a.short else 400
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: st.put(f"bench/warm{i}", data), range(20)))
@@ -587,7 +518,7 @@ def audit_projection(a, client) -> None:
            "deletion/insertion steps), end to end", total, "s",
            status=state["status"], report_s=report_s, sanity_sample=a.sanity_sample, per_image_s=(total - report_s) / n)
     record("audit", "the same audit projected to 10,000 images (one worker)", projected / 3600, "hours")
-    record("audit", "device busy in a food-11 audit unit (median)", med(busy) if busy else None, "fraction")
+    record("audit", "device busy in a food-11 audit unit (median)", median(busy) if busy else None, "fraction")
 
 
 def audit_compute(a) -> None:
@@ -595,10 +526,9 @@ def audit_compute(a) -> None:
     curves of each unit, no storage, no report), measured and projected to 10,000 images."""
     import worker.explain as E
     from worker.audit import unit_partial
-    from worker.audit.faithfulness import gaussian_blur
+    from worker.audit.faithfulness import choose_for_curves
     from worker.explain.batching import batch_size, sizing
     from worker.explain.calibrate import MeasuredSizes, MemoryStore
-    from worker.explain.precision import choose
     from worker.models.prepare import prepare
 
     n = a.audit_images
@@ -617,7 +547,7 @@ def audit_compute(a) -> None:
                 probs = model(xs).softmax(1)
             heat = {m: E.run(m, model, xs, probs.argmax(1), p).heatmaps for m, p in methods.items()}
             with torch.inference_mode():
-                fwd, dtype = choose(model, "auto", torch.cat([xs[:16], gaussian_blur(xs[:16])]))
+                fwd, dtype = choose_for_curves(model, "auto", xs[:16])
                 unit_partial(xs, probs.argmax(1).tolist(), list(range(s, s + len(xs))), heat,
                              lambda z: fwd(z).softmax(1), n_classes=11, steps=a.audit_steps, probs=probs,
                              batch_size=batch_size(model, xs[0], "faithfulness", dtype))
@@ -631,8 +561,8 @@ def audit_compute(a) -> None:
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--short", action="store_true", help="CI: small sizes, about a minute on a 2-core CPU")
-    p.add_argument("--quick", action="store_true", help="the same as --short (run_all.sh's old flag)")
+    p.add_argument("--short", "--quick", action="store_true",
+                   help="CI: small sizes, about a minute on a 2-core CPU (--quick: run_all.sh's old name)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved repeats (3; --short 2)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of this process (torch's default)")
     p.add_argument("--service-threads", type=int, default=1, help="torch threads of the worker and the bare run")
@@ -656,7 +586,6 @@ def parse() -> argparse.Namespace:
 
 
 def defaults(a: argparse.Namespace) -> argparse.Namespace:
-    a.short = a.short or a.quick
     gpu = a.device.startswith("cuda")
     pick = lambda v, full, short, cuda=None: v if v is not None else (short if a.short else (cuda if gpu and cuda is not None else full))  # noqa: E731,E501
     a.repeats = pick(a.repeats, 3, 2)

@@ -40,6 +40,12 @@ def tenant_key(stack, tenant: str = "local") -> str:
     return stack.tenant_key
 
 
+def image_paths(args: list[str]) -> list[Path]:
+    """Files as given, folders as their images (sorted)."""
+    return [p for a in args for p in (sorted(f for f in Path(a).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+                                      if Path(a).is_dir() else [Path(a)])]
+
+
 def write_digit_samples(folder: Path, n: int) -> list[Path]:
     from worker.models.digits import digit_images
 
@@ -127,8 +133,7 @@ def cmd_submit(args) -> int:
     methods = {m: {} for m in args.method} if args.method else {"saliency": {}}
     if args.params:
         methods.update(json.loads(args.params))
-    paths = [p for a in args.images for p in (sorted(f for f in Path(a).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-                                              if Path(a).is_dir() else [Path(a)])]
+    paths = image_paths(args.images)
     if not paths:
         print("error: no .png/.jpg/.jpeg images given", file=sys.stderr)
         return 2
@@ -180,8 +185,7 @@ def cmd_register(args) -> int:
 
 
 def cmd_upload(args) -> int:
-    paths = [p for a in args.images for p in (sorted(f for f in Path(a).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-                                              if Path(a).is_dir() else [Path(a)])]
+    paths = image_paths(args.images)
     for path in Client(args.server).upload(paths, folder=args.folder):
         print(path)
     return 0

@@ -137,18 +137,31 @@ class Stack:
         return f"http://127.0.0.1:{self.s3_port}"
 
     @property
+    def own_redis_url(self) -> str:
+        """The Redis this stack starts (on redis_port)."""
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
     def managed_redis(self) -> bool:
-        return not self.redis_url or self.redis_url == f"redis://127.0.0.1:{self.redis_port}/0"
+        return not self.redis_url or self.redis_url == self.own_redis_url
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("XAIQ_")}
         env.update({
-            "XAIQ_REDIS_URL": self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0",
+            "XAIQ_REDIS_URL": self.redis_url or self.own_redis_url,
             "XAIQ_S3_ENDPOINT": self.s3_url, "XAIQ_S3_ACCESS_KEY": self.access_key,
             "XAIQ_S3_SECRET_KEY": self.secret_key, "XAIQ_API_KEY": self.api_key, "PYTHONUNBUFFERED": "1",
             **self.extra_env, **extra,
         })
         return env
+
+    def storage(self, patient: bool = False):
+        """A client of this stack's S3 server, as its processes reach it."""
+        from shared.settings import Settings
+        from shared.storage import Storage
+
+        return Storage(Settings(s3_endpoint=self.s3_url, s3_access_key=self.access_key, s3_secret_key=self.secret_key),
+                       patient)
 
     def log(self, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
@@ -179,7 +192,7 @@ class Stack:
     def start_redis(self, wait_s: float = 0.0) -> None:
         if not self.managed_redis:
             return
-        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.redis_url = self.own_redis_url
         self._need_ports("redis", [self.redis_port], wait_s)
         d = self.root / "redis"
         d.mkdir(exist_ok=True)
@@ -209,10 +222,7 @@ class Stack:
             "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
         self._need_ports("the S3 server", [self.s3_port, *self.s3_extra.values()], wait_s)
         proc = self._spawn("s3", self.s3_cmd())
-        from shared.settings import Settings
-        from shared.storage import Storage
-
-        st = Storage(Settings(s3_endpoint=self.s3_url, s3_access_key=self.access_key, s3_secret_key=self.secret_key))
+        st = self.storage()
         wait_for(lambda: st.ensure_bucket() or True, "the S3 server", 60, proc)
 
     def start_api(self, processes: int = 2, wait_s: float = 0.0) -> None:

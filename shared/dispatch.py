@@ -117,8 +117,9 @@ class Dispatcher:
 
     def drop_tenant_job(self, tenant: str, job: str) -> int:
         """Remove a cancelled job's waiting items (they would be skipped anyway)."""
-        removed = 0
-        for raw in self.r.lrange(pending_key(tenant), 0, -1):
+        key = pending_key(tenant)
+        pipe = self.r.pipeline(transaction=False)   # one round trip, however many units the job has
+        for raw in self.r.lrange(key, 0, -1):
             if json.loads(raw).get("job") == job:
-                removed += self.r.lrem(pending_key(tenant), 1, raw)
-        return removed
+                pipe.lrem(key, 1, raw)
+        return sum(pipe.execute())

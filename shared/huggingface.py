@@ -45,6 +45,14 @@ def _wanted(path: PurePosixPath) -> bool:
     return path.name in WANTED or path.suffix == ".safetensors"
 
 
+def open_zip(data: bytes) -> zipfile.ZipFile:
+    """The uploaded bytes as a zip; ValueError when they are none."""
+    try:
+        return zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise ValueError("a Hugging Face model is uploaded as a zip of its save_pretrained folder") from None
+
+
 def plan(zf: zipfile.ZipFile) -> tuple[str, list[zipfile.ZipInfo]]:
     """(folder holding config.json, '' or 'name/'; the members to extract from it).
 
@@ -87,11 +95,7 @@ def _read_json(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict:
 def read_configs(data: bytes) -> tuple[dict, dict | None]:
     """(config.json, preprocessor_config.json or None) of a zipped save_pretrained folder,
     read in memory with a size limit; ValueError for a zip the worker would refuse."""
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise ValueError("a Hugging Face model is uploaded as a zip of its save_pretrained folder") from None
-    with zf:
+    with open_zip(data) as zf:
         _, members = plan(zf)
         by_name = {PurePosixPath(i.filename).name: i for i in members}
         pre = by_name.get("preprocessor_config.json")

@@ -114,10 +114,13 @@ class LimitExceeded(Exception):
         self.what, self.current, self.adding, self.limit = what, current, adding, limit
 
 
+_IS_FINAL = """
+local function is_final(st) return st == 'succeeded' or st == 'failed' or st == 'cancelled' end
+"""
+
 # Shared Lua: end a job in a final status once. KEYS: hash, units, running, attempts, usage,
 # cancelling. The tenant's usage drops what the job still held; the keys expire.
-_END = """
-local function is_final(st) return st == 'succeeded' or st == 'failed' or st == 'cancelled' end
+_END = _IS_FINAL + """
 local function finish(keys, job, status, now, err)
   if is_final(redis.call('HGET', keys[1], 'status')) then return false end
   redis.call('HSET', keys[1], 'status', status, 'finished', now)
@@ -152,13 +155,11 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], 0, tonumber(ARGV[2]) - %d)
 return {'ok'}
 """ % TTL_S
 
-_START = """
+_START = _IS_FINAL + """
 -- KEYS: hash, running, attempts; ARGV: unit, now, max_attempts
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'skip' end
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' or st == 'cancelled' or redis.call('HGET', KEYS[1], 'cancel') == '1' then
-  return 'skip'
-end
+if is_final(st) or redis.call('HGET', KEYS[1], 'cancel') == '1' then return 'skip' end
 redis.call('SADD', KEYS[2], ARGV[1])
 if st == 'queued' then redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[2]) end
 -- every start counts, retries and restarts after a crash alike: a unit that kills its worker
@@ -243,9 +244,6 @@ class JobStore:
         self._finish = self.r.register_script(_FINISH)
         self._cancel = self.r.register_script(_CANCEL)
         self._set_final = self.r.register_script(_SET_FINAL)
-
-    def tenant_of(self, job: str) -> str:
-        return self.r.hget(f"xaiq:job:{job}", "tenant") or ""
 
     def create(self, job: str, *, tenant: str, kind: str, model: str, methods: dict, total: int, units: int,
                name: str | None = None, model_version: str = "", gflop: float = 0.0,

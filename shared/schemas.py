@@ -242,7 +242,7 @@ class AuditOptions(Strict):
     faithfulness_steps: int = Field(default=16, ge=2, le=256, description="deletion/insertion steps")
     sanity_sample: int = Field(default=16, ge=0, le=512, description="images in the weight-randomisation check")
     shortcuts: bool = Field(default=True, description="cluster each class's maps to find shortcuts")
-    seed: int = Field(default=0, ge=0, lt=2**32)
+    seed: int = registry.SEED
     precision: registry.Precision = Field(
         default="auto", description="of the deletion/insertion passes: 'auto' picks bf16/fp16 only where the device "
         "runs it fast (else fp32); a reduced one that disagrees with fp32 on the unit's images falls back to fp32")

@@ -154,7 +154,7 @@ class Storage:
         self.client.bucket_exists(bucket_name=self.bucket)
 
 
-_per_process: dict[tuple[int, str], Storage] = {}
+_per_process: dict[tuple[int, bool, str], Storage] = {}
 
 
 def storage(s: Settings, patient: bool = False) -> Storage:

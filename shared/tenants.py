@@ -47,8 +47,8 @@ class Tenants:
         self.settings, self.r = s, r
 
     # --- keys
-    def create_key(self, tenant: str, name: str = "") -> tuple[str, str]:
-        """(key id, key): the key is returned here only."""
+    def create_key(self, tenant: str, name: str = "") -> tuple[dict, str]:
+        """(the key's record, key): the key is returned here only."""
         if not valid_tenant(tenant):
             raise ValueError("tenant: 1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit")
         key = "xq_" + secrets.token_urlsafe(24)
@@ -56,7 +56,7 @@ class Tenants:
         record = {"id": h[:12], "tenant": tenant, "name": name[:100], "created": time.time()}
         self.r.hset(KEYS, h, json.dumps(record))
         self.r.hset(IDS, record["id"], h)
-        return record["id"], key
+        return record, key
 
     def keys(self, tenant: str | None = None) -> list[dict]:
         records = [json.loads(v) for v in self.r.hvals(KEYS)]
@@ -76,12 +76,15 @@ class Tenants:
         if not s.api_key:
             return Principal(OPEN, admin=True)
         if key and hmac.compare_digest(key.encode(), s.api_key.encode()):
-            return Principal(ADMIN, admin=True, key_id="admin:" + digest(s.api_key)[:12])
+            return Principal(ADMIN, admin=True, key_id=self._admin_key_id())
         raw = self.r.hget(KEYS, digest(key)) if key else None
         if raw is None:
             return None
         record = json.loads(raw)
         return Principal(record["tenant"], key_id=record["id"])
+
+    def _admin_key_id(self) -> str:
+        return "admin:" + digest(self.settings.api_key)[:12]
 
     # --- limits and usage
     def limits(self, tenant: str) -> dict[str, float]:
@@ -112,8 +115,11 @@ class Tenants:
         if raw is None:
             return None
         tenant, admin, key_id = json.loads(raw)
-        current = self.principal(self.settings.api_key) if key_id.startswith("admin:") else None
-        if (current.key_id if current else None) != key_id and not self.r.hexists(IDS, key_id):
+        if key_id.startswith("admin:"):
+            valid = bool(self.settings.api_key) and key_id == self._admin_key_id()
+        else:
+            valid = self.r.hexists(IDS, key_id)
+        if not valid:
             return None    # its key was revoked (or the admin key changed)
         return Principal(tenant, admin, key_id)
 

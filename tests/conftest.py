@@ -148,14 +148,9 @@ def digit_pngs():
 @pytest.fixture(scope="session")
 def digits_torch():
     """The digits model in this process, for independent reference computations."""
-    from safetensors.torch import load_file
+    from tests.zoo import digits_cnn
 
-    from worker.models.architectures import DigitsCNN
-    from worker.models.digits import WEIGHTS
-
-    model = DigitsCNN()
-    model.load_state_dict(load_file(WEIGHTS / "digits-cnn.safetensors"))
-    return model.eval()
+    return digits_cnn()
 
 
 def to_model_input(png: bytes, mean=0.25, std=0.35) -> np.ndarray:

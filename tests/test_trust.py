@@ -4,7 +4,6 @@ nothing; a request that would hold the workers for days is refused with its esti
 tenants take turns; a job keeps its model version; registering never blocks the API."""
 from __future__ import annotations
 
-import io
 import json
 import secrets
 import threading
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from tests.conftest import wait_final
+from tests.zoo import scripted
 
 SPEC = {"architecture": "torchscript", "input": {"channels": 1, "height": 32, "width": 32}, "mean": [0.25],
         "std": [0.35], "classes": [str(i) for i in range(10)]}
@@ -31,11 +31,7 @@ class Reader(nn.Module):
         return self.head(x.flatten(1)) + t.float().sum() * 0
 
 
-class Writer(nn.Module):
-    def __init__(self, path: str, n: int):
-        super().__init__()
-        self.path, self.n, self.head = path, n, nn.Linear(32 * 32, 10)
-
+class Writer(Reader):
     def forward(self, x):
         t = torch.from_file(self.path, True, self.n, dtype=torch.uint8)
         t[:4].copy_(torch.tensor([79, 87, 78, 68], dtype=torch.uint8))      # the write's result is used below
@@ -62,12 +58,6 @@ class Hog(nn.Module):
     def forward(self, x):
         waste = torch.ones(1 << 38)        # 1 TB of floats
         return self.head(x.flatten(1)) + waste[:1]
-
-
-def scripted(m: nn.Module) -> bytes:
-    buf = io.BytesIO()
-    torch.jit.save(torch.jit.script(m), buf)
-    return buf.getvalue()
 
 
 def post_model(client, name: str, data: bytes) -> requests.Response:

@@ -115,8 +115,9 @@ class WorkerContext(Backends):
 
     def manifest(self, tenant: str, job: str) -> dict:
         if job not in self.manifests:
-            m = self.storage.get_json(Keys(tenant).job(job))
-            if m.get("tenant") != tenant or not all(Keys(tenant).owns(i["key"]) for i in m["inputs"]):
+            keys = Keys(tenant)
+            m = self.storage.get_json(keys.job(job))
+            if m.get("tenant") != tenant or not all(keys.owns(i["key"]) for i in m["inputs"]):
                 raise ValueError(f"job {job}: its manifest names objects outside tenant {tenant!r}")
             self.manifests[job] = m
             while len(self.manifests) > 32:

@@ -9,9 +9,7 @@ from PIL import Image
 
 MAX_PICTURE_SIDE = 2048  # pictures follow the input's size, up to this
 PNG_LEVEL = 1   # zlib level: several times faster than PIL's default 6, for a few per cent more bytes
-
-
-DEEP = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+DEEP = {"I;16", "I;16B", "I;16L", "I;16N", "I"}   # PIL modes of 16-bit grey: scaled by 65535, not 255
 
 
 def _resized(img: Image.Image, info: dict) -> Image.Image:
@@ -51,9 +49,9 @@ def decode(data: bytes, info: dict, max_pixels: int) -> tuple[np.ndarray, tuple[
         size = img.size
         if size[0] * size[1] > max_pixels:
             raise ValueError(f"{size[0]}x{size[1]} is larger than the limit of {max_pixels} pixels")
-        deep = DEEP.get(img.mode)
+        deep = img.mode in DEEP
         img = img.convert("F") if deep else img.convert("L" if c == 1 else "RGB")
-        arr = np.asarray(_resized(img, info), dtype=np.float32) / (deep or 255.0)
+        arr = np.asarray(_resized(img, info), dtype=np.float32) / (65535.0 if deep else 255.0)
     arr = np.clip(arr, 0.0, 1.0)[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     if deep and c != 1:
         arr = np.repeat(arr, c, axis=0)

@@ -31,8 +31,11 @@ def unit_done(images: int, seconds: float) -> None:
     DEVICE_SECONDS.inc(seconds)
 
 
-def device_time(device_s: float, wall_s: float) -> None:
-    """How busy the device was in a unit (device_seconds / pipeline_seconds over time)."""
+def device_time(device_s: float, wall_s: float) -> float:
+    """How busy the device was in a unit (device_seconds / pipeline_seconds over time);
+    returns the unit's ratio."""
+    busy = min(1.0, device_s / max(wall_s, 1e-9))
     COMPUTE_SECONDS.inc(device_s)
     PIPELINE_SECONDS.inc(wall_s)
-    BUSY.set(min(1.0, device_s / max(wall_s, 1e-9)))
+    BUSY.set(busy)
+    return busy

@@ -6,6 +6,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from worker.images import PNG_LEVEL
+
 
 def input_pictures(pixels: np.ndarray) -> np.ndarray:
     """(N, C, H, W) in [0, 1] -> (N, H, W, 3)."""
@@ -34,7 +36,7 @@ def _font(px: int):
 
 
 def figure(rows: dict[str, np.ndarray], names: list[str], columns: int = 8, size: int = 96,
-           level: int = 1) -> bytes:
+           level: int = PNG_LEVEL) -> bytes:
     """One PNG of the stitched grid: inputs and each method's pictures as rows, the first
     `columns` images as columns, file names above and row names on the left. Drawn with
     Pillow (a few ms; matplotlib took ~0.2 s of a unit's CPU)."""

@@ -201,7 +201,7 @@ def emit_method(out: Writer, keys: Keys, job: str, unit: int, batch: Batch, name
         out.submit(extra_objects, keys, job, unit, name, result, level)
 
 
-def figure_objects(keys: Keys, job: str, unit: int, e: "Explained", level: int) -> Objects:
+def figure_objects(keys: Keys, job: str, unit: int, e: Explained, level: int) -> Objects:
     """The composite figure: the inputs over each method's pictures."""
     shown = {"input": render.input_pictures(e.batch.pixels)} | {n: r.pictures for n, r in e.results.items()}
     return [(keys.unit(job, unit, "figure.png"), render.figure(shown, e.batch.names, level=level))]
@@ -210,6 +210,7 @@ def figure_objects(keys: Keys, job: str, unit: int, e: "Explained", level: int) 
 def item_records(keys: Keys, job: str, e: Explained, methods: list[str], fields: list[dict]) -> Objects:
     """item.json of each image: prediction, target, timings, and the caller's fields."""
     probs, targets, classes = e.probabilities.cpu().numpy(), e.targets.cpu().numpy(), e.model.classes
+    precision = {name: r.precision for name, r in e.results.items()}   # what each method ran in
     out: Objects = []
     for j, i in enumerate(e.batch.indices):
         label = int(probs[j].argmax())
@@ -218,7 +219,7 @@ def item_records(keys: Keys, job: str, e: Explained, methods: list[str], fields:
             "prediction": {"label": label, "class": classes[label],
                            "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs[j])}},
             "methods": methods, "timings": e.timings, "size": list(e.batch.sizes[j]),
-            "precision": {name: r.precision for name, r in e.results.items()},   # what each method ran in
+            "precision": precision,
             "worker": f"{HOST}/{os.getpid()}",  # which process explained it
             **fields[j],
         }))
@@ -247,8 +248,7 @@ def pace(ctx: WorkerContext, timings: dict[str, float], wall_s: float) -> dict[s
     """The unit's seconds and the fraction of them the device computed (prediction, methods,
     audit curves), counted for /metrics."""
     device_s = sum(v for k, v in timings.items() if k != "unit")
-    busy = round(min(1.0, device_s / max(wall_s, 1e-9)), 4)
-    metrics.device_time(device_s, wall_s)
+    busy = round(metrics.device_time(device_s, wall_s), 4)
     try:
         ctx.jobs.count(device_seconds=device_s, pipeline_seconds=wall_s)
     except Exception as e:  # noqa: BLE001 - a counter, never a reason to fail a unit
@@ -256,11 +256,11 @@ def pace(ctx: WorkerContext, timings: dict[str, float], wall_s: float) -> dict[s
     return {"unit": round(wall_s, 4), "device_busy": busy}
 
 
-def explain_unit(ctx: WorkerContext, keys: Keys, job: str, unit: int, manifest: dict, batch: Batch,
-                 out: Writer, on_batch) -> tuple[Batch, Objects]:
+def explain_unit(ctx: WorkerContext, lm: LoadedModel, keys: Keys, job: str, unit: int, manifest: dict,
+                 batch: Batch, out: Writer, on_batch) -> tuple[Batch, Objects]:
     """Predict, explain (each method's objects and the figure queued on `out` as they come)
     and run the caller's hook; (the batch without non-finite images, item.json records)."""
-    lm, level = ctx.model(manifest), ctx.settings.png_level
+    level = ctx.settings.png_level
     t0 = time.perf_counter()
     batch, x, probs = predict(lm, batch)
     predict_s = round(time.perf_counter() - t0, 4)
@@ -291,11 +291,12 @@ def run_unit(ctx: WorkerContext, tenant: str, job: str, unit: int, first: int, c
     fields to each image's item.json (audits add faithfulness and a partial)."""
     t0 = time.perf_counter()
     manifest, keys = ctx.manifest(tenant, job), Keys(tenant)
-    batch = read_batch(ctx, manifest, ctx.model(manifest).info, first, count)
+    lm = ctx.model(manifest)
+    batch = read_batch(ctx, manifest, lm.info, first, count)
     with Writer(ctx.storage, ctx.io, 8 * ctx.settings.io_threads) as out:
         records: Objects = []
         if batch.indices:
-            batch, records = explain_unit(ctx, keys, job, unit, manifest, batch, out, on_batch)
+            batch, records = explain_unit(ctx, lm, keys, job, unit, manifest, batch, out, on_batch)
         out.wait()   # item.json last: its presence means the item's files are there
         if records:
             timings = records[0][1]["timings"]   # the one dict every record of the unit shares

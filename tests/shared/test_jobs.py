@@ -187,3 +187,10 @@ def test_a_lapsed_lease_brings_the_item_back_once(dispatch, store):
     assert dispatch.renew(again, 30) is True
     dispatch.release(again)
     assert dispatch.renew(again, 30) is False and dispatch.leased() == 0
+
+
+def test_dropping_a_cancelled_jobs_items_keeps_the_others_in_order(dispatch):
+    dispatch.push("t", [{"tenant": "t", "kind": "job", "job": j, "unit": u} for u in range(3) for j in ("A", "B")])
+    assert dispatch.drop_tenant_job("t", "A") == 3
+    assert dispatch.drop_tenant_job("t", "A") == 0
+    assert [(it["job"], it["unit"]) for it in iter(lambda: dispatch.take(30), None)] == [("B", 0), ("B", 1), ("B", 2)]

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from worker.explain.batching import device_of, probabilities
-from worker.explain.precision import choose
+from worker.explain.precision import Forward, choose
 
 Predict = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
 
@@ -44,13 +44,18 @@ def predict_fn(model: torch.nn.Module, device: str | torch.device | None = None,
                probe: torch.Tensor | None = None) -> Predict:
     """A `predict(x) -> softmax probabilities` for a classifier returning logits; its passes at
     `precision` when `probe` (the images, and their blurred baselines) shows the reduced dtype
-    agrees with fp32 (`choose`)."""
+    agrees with fp32 (`choose_for_curves`)."""
     device = device or device_of(model)
     if probe is None or precision == "fp32":
         return lambda x: probabilities(model, x.to(device), chunk=len(x) or 1)
-    probe = probe.to(device)
-    forward, _ = choose(model, precision, torch.cat([probe, gaussian_blur(probe)]))
+    forward, _ = choose_for_curves(model, precision, probe.to(device))
     return lambda x: forward(x.to(device)).softmax(1)
+
+
+def choose_for_curves(model: torch.nn.Module, precision: str, probe: torch.Tensor) -> tuple[Forward, torch.dtype]:
+    """`choose` for the curves' passes, guarded on their ends: `probe` (some of the images)
+    and their blurred baselines."""
+    return choose(model, precision, torch.cat([probe, gaussian_blur(probe)]))
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:

@@ -13,10 +13,9 @@ from worker import explain, images, render
 from worker.audit import finalize, run_sanity, unit_partial
 from worker.audit.sanity import randomisable_layers
 from worker.audit.aggregate import FAITH_KEYS
-from worker.audit.faithfulness import gaussian_blur
+from worker.audit.faithfulness import choose_for_curves
 from worker.context import WorkerContext
 from worker.explain.batching import batch_size, predicted
-from worker.explain.precision import choose
 from worker.unit import Explained, read_batch
 
 
@@ -29,8 +28,7 @@ def on_batch(manifest: dict, keys: Keys, job: str, unit: int):
         heatmaps = {m: r.heatmaps for m, r in e.results.items()}
         model, device = e.model.model, e.model.device
         with torch.inference_mode():   # the curves' passes at the audit's precision, guarded on their ends
-            probe = torch.cat([e.inputs[:16], gaussian_blur(e.inputs[:16])])
-            forward, dtype = choose(model, opts.get("precision", "auto"), probe)
+            forward, dtype = choose_for_curves(model, opts.get("precision", "auto"), e.inputs[:16])
             partial = unit_partial(e.inputs, truth, e.batch.indices, heatmaps,
                                    lambda x: forward(x.to(device)).softmax(1), n_classes=len(e.model.classes),
                                    steps=opts["faithfulness_steps"], seed=opts["seed"], probs=e.probabilities,

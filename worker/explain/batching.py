@@ -10,6 +10,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .precision import forward_fn
+
 
 def device_of(model: nn.Module) -> torch.device:
     for t in model.parameters():
@@ -35,8 +37,6 @@ def prepare(model: nn.Module, images: torch.Tensor, labels=None) -> tuple[torch.
 def probabilities(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """softmax(model(x)) in float32, in chunks, without a graph: the one predict helper
     (through the worker's prepared fp32 forward when there is one)."""
-    from .precision import forward_fn
-
     fwd = forward_fn(model)
     with torch.no_grad():
         return torch.cat([fwd(c).softmax(1) for c in x.split(chunk)])

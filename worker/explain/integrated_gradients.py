@@ -31,6 +31,7 @@ def baseline_of(x: torch.Tensor, baseline: str) -> torch.Tensor:
 
 def integrated_gradients_tensor(model, images, labels=None, steps=50, baseline="zeros", batch_size=None,
                                 precision="fp32"):
+    """(attributions (N,C,H,W) on the model's device, labels used, the dtype the passes ran in)."""
     x, y = prepare(model, images, labels)
     dtype = resolve(precision, x.device)
     leg_x, leg_w = np.polynomial.legendre.leggauss(steps)
@@ -44,7 +45,7 @@ def integrated_gradients_tensor(model, images, labels=None, steps=50, baseline="
                           make=lambda s: b[s, None] + alphas * (x[s] - b[s])[:, None],
                           reduce=lambda g, s: (x[s] - b[s]) * (g * weights).sum(1), batch_size=batch_size,
                           method="integrated_gradients", dtype=dtype)
-    return out, y
+    return out, y, dtype
 
 
 def integrated_gradients(model: nn.Module, images: torch.Tensor, labels=None, steps: int = 50,
@@ -57,8 +58,8 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, labels=None, st
 def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params) -> Explanation:
     """maps: (N,C,H,W) signed; heatmaps: (N,H,W) channel sum (signed);
     pictures: jet overlay of the positive part of the heatmap."""
-    a, _ = integrated_gradients_tensor(model, images, labels, params.steps, params.baseline,
-                                       precision=params.precision)
+    a, _, dtype = integrated_gradients_tensor(model, images, labels, params.steps, params.baseline,
+                                              precision=params.precision)
     heat = a.sum(1)
     return Explanation(maps=to_numpy(a), pictures=overlay(images, heat.clamp_min(0)), heatmaps=to_numpy(heat),
-                       precision=NAMES[resolve(params.precision, a.device)])
+                       precision=NAMES[dtype])

@@ -16,8 +16,9 @@ device, their perturbations scored in full batches across images (in the chosen
 """
 from __future__ import annotations
 
+import functools
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,33 +129,25 @@ def fit(hwc: np.ndarray, seg: np.ndarray, data: np.ndarray, P: np.ndarray, label
     return out
 
 
-class _Done:
-    """A finished future: what `submit` gives without a pool."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
-
-
-_POOL: dict[int, ThreadPoolExecutor] = {}
-
-
-def submit(pool: ThreadPoolExecutor | None, fn, *args):
-    """fn(*args) in `pool` beside the device work, or at once without one."""
-    return pool.submit(fn, *args) if pool is not None else _Done(fn(*args))
+def submit(pool: ThreadPoolExecutor | None, fn, *args) -> Future:
+    """fn(*args) in `pool` beside the device work, or at once (a finished future) without one."""
+    if pool is not None:
+        return pool.submit(fn, *args)
+    done: Future = Future()
+    done.set_result(fn(*args))
+    return done
 
 
 def side_pool() -> ThreadPoolExecutor:
     """Threads that segment images and fit surrogates while the device scores (one pool per
     process: a forked worker child makes its own)."""
-    pid = os.getpid()
-    if pid not in _POOL:
-        _POOL.clear()
-        threads = max(2, min(8, (os.cpu_count() or 2) // 2))   # SLIC releases the GIL: threads segment in parallel
-        _POOL[pid] = ThreadPoolExecutor(threads, thread_name_prefix="xaiq-lime")
-    return _POOL[pid]
+    return _pool_of(os.getpid())
+
+
+@functools.lru_cache(maxsize=1)   # the current process's only: another pid replaces it
+def _pool_of(pid: int) -> ThreadPoolExecutor:
+    threads = max(2, min(8, (os.cpu_count() or 2) // 2))   # SLIC releases the GIL: threads segment in parallel
+    return ThreadPoolExecutor(threads, thread_name_prefix="xaiq-lime")
 
 
 PROBE = 16   # perturbed copies the precision guard compares (and keeps, as scored rows)

@@ -23,6 +23,7 @@ from .result import Explanation
 
 
 def smoothgrad_tensor(model, images, labels=None, samples=25, noise=0.15, seed=0, batch_size=None, precision="fp32"):
+    """(maps (N,C,H,W) on the model's device, labels used, the dtype the passes ran in)."""
     x, y = prepare(model, images, labels)
     dtype = resolve(precision, x.device)
     with evaluating(model):
@@ -35,7 +36,7 @@ def smoothgrad_tensor(model, images, labels=None, samples=25, noise=0.15, seed=0
                           make=lambda s: x[s, None] + std[s].view(-1, 1, 1, 1, 1) * z[None],
                           reduce=lambda g, s: g.abs().mean(1), batch_size=batch_size,
                           method="smoothgrad", dtype=dtype)
-    return out, y
+    return out, y, dtype
 
 
 def smoothgrad(model: nn.Module, images: torch.Tensor, labels=None, samples: int = 25,
@@ -48,8 +49,8 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, labels=None, samples: int
 
 def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params) -> Explanation:
     """maps: (N,C,H,W) raw; heatmaps: (N,H,W) summed over channels; pictures: jet overlay."""
-    m, _ = smoothgrad_tensor(model, images, labels, params.samples, params.noise, params.seed,
-                             precision=params.precision)
+    m, _, dtype = smoothgrad_tensor(model, images, labels, params.samples, params.noise, params.seed,
+                                    precision=params.precision)
     heat = m.sum(1)
     return Explanation(maps=to_numpy(m), pictures=overlay(images, heat), heatmaps=to_numpy(heat),
-                       precision=NAMES[resolve(params.precision, m.device)])
+                       precision=NAMES[dtype])

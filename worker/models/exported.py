@@ -37,6 +37,8 @@ import torch
 from torch import nn
 from torch.export.pt2_archive import constants as pt2
 
+from worker.models.opcheck import check_operators
+
 # The one program torch.export.load returns ("model") and its files, as torch names them.
 GRAPH = pt2.MODELS_FILENAME_FORMAT.format("model")                       # the graph, JSON
 WEIGHTS_CONFIG = pt2.WEIGHTS_CONFIG_FILENAME_FORMAT.format("model")
@@ -221,8 +223,6 @@ def load(data: bytes) -> nn.Module:
     on them), in eval mode. Every operator must pass `worker.models.opcheck`. Sets
     `xaiq_input` (C, H, W) and `xaiq_hooks` (False when no module path survived, e.g. a
     program without nn_module_stack metadata: then no layer can be read)."""
-    from worker.models.opcheck import check_operators
-
     check_operators(check_archive(data))      # before torch resolves any of them
     ep = torch.export.load(io.BytesIO(data))
     ep._guards_code = []                      # strings that ep.module() would exec: never needed here

@@ -6,15 +6,13 @@ with a pixel tensor, returns the logits tensor like any other model of the servi
 """
 from __future__ import annotations
 
-import io
 import types
-import zipfile
 from pathlib import Path, PurePosixPath
 
 import torch
 from torch import nn
 
-from shared.huggingface import plan
+from shared.huggingface import open_zip, plan
 from worker.explain.hooks import output_shapes, token_layer, type_name
 
 CHUNK = 1 << 20
@@ -25,10 +23,7 @@ def unpack(data: bytes, dest: Path, max_bytes: int = 2 * 2**30) -> Path:
     preprocessor_config.json) of a zipped save_pretrained folder into `dest`; returns the
     folder holding config.json. Refuses unsafe paths, links, pickled weights, more than
     `max_bytes` uncompressed (counted while reading, not from the headers)."""
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise ValueError("a Hugging Face model is uploaded as a zip of its save_pretrained folder") from None
+    zf = open_zip(data)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     total = 0

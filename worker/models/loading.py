@@ -105,11 +105,9 @@ def layers(model: nn.Module, input_shape: tuple[int, int, int] | None = None) ->
         s = shapes.get(path, ())
         if s:
             layer["shape"] = [int(d) for d in s[1:]]
-        if not family:
-            pass
-        elif len(s) == 3 and s[2] > 1 and token_grid(s[1], shape[1], shape[2]):
+        if family and len(s) == 3 and s[2] > 1 and token_grid(s[1], shape[1], shape[2]):
             layer.update(out_channels=s[2], conv=True, tokens=True)
-        elif len(s) in (2, 4) and channels is None:
+        elif family and len(s) in (2, 4) and channels is None:
             layer["out_channels"] = s[1]
             layer["conv"] = layer["conv"] or (len(s) == 4 and s[2] * s[3] > 1 and any(True for _ in module.children()))
         out.append(layer)

@@ -574,6 +574,14 @@ def _scan_graph(graph, kinds: set[str], classes: dict) -> None:
             nodes.extend(block.nodes())
 
 
+def _scan_object(c, t, kinds: set[str], classes: dict) -> None:
+    """The graphs of every method of a script object `c` and the types of its attributes (`t`: its type)."""
+    for name in c._method_names():
+        _scan_graph(c._get_method(name).graph, kinds, classes)
+    for at in t.containedTypes():
+        _scan_type(at, kinds, classes, attribute=True)
+
+
 def torchscript_operators(module: torch.jit.ScriptModule) -> set[str]:
     """Every node kind (`aten::conv2d`, `prim::If`, ...) of every graph `module` can run:
     all methods of every submodule (`__setstate__`/`__getstate__` included), their forward
@@ -590,12 +598,9 @@ def torchscript_operators(module: torch.jit.ScriptModule) -> set[str]:
         if t.qualified_name() in done:
             continue
         done.add(t.qualified_name())
-        for name in c._method_names():
-            _scan_graph(c._get_method(name).graph, kinds, classes)
+        _scan_object(c, t, kinds, classes)
         for hook in [*c._get_forward_pre_hooks(), *c._get_forward_hooks()]:
             _scan_graph(hook.graph, kinds, classes)
-        for at in t.containedTypes():  # the attributes' types
-            _scan_type(at, kinds, classes, attribute=True)
     # TorchScript classes: read their methods from an empty object of the type, so that nothing
     # of the model runs, and classes unknown to this Python process (a fresh process) work too.
     while pending := [q for q in classes if q not in done]:
@@ -605,11 +610,7 @@ def torchscript_operators(module: torch.jit.ScriptModule) -> set[str]:
             if qname.startswith("__torch__.torch.classes."):
                 kinds.add(CUSTOM_CLASS)
                 continue
-            obj = torch._C._create_object_with_type(t)
-            for name in obj._method_names():
-                _scan_graph(obj._get_method(name).graph, kinds, classes)
-            for at in t.containedTypes():
-                _scan_type(at, kinds, classes, attribute=True)
+            _scan_object(torch._C._create_object_with_type(t), t, kinds, classes)
     return kinds
 
 

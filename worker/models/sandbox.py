@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from functools import cache
 from pathlib import Path
 
@@ -104,9 +105,16 @@ def _environment(workdir: str) -> dict[str, str]:
     return env
 
 
-def _command(*extra: str) -> list[str]:
+def _command(*extra: str, module: str = "worker.models.sandbox") -> list[str]:
+    """The confined interpreter: no bytecode written, no user site, and (-P) neither its
+    working folder nor the script's on the import path."""
     flags = ["-B", "-s"] + (["-P"] if sys.version_info >= (3, 11) else [])
-    return [sys.executable, *flags, "-m", "worker.models.sandbox", *extra]
+    return [sys.executable, *flags, "-m", module, *extra]
+
+
+def cpu_seconds(timeout_s: float) -> int:
+    """The CPU-time limit that goes with a wall-clock limit: whole seconds, one to spare."""
+    return max(1, math.ceil(timeout_s)) + 1
 
 
 def _limits(memory_mb: int, cpu_s: int, fsize: int = 0):
@@ -239,6 +247,13 @@ def _parse(raw: bytes) -> dict:
 HF_SCRATCH_BYTES = 4 << 30   # a Hugging Face folder is unpacked (transformers reads files); its code is trusted
 
 
+def _chown_to_child(path: str, popen_args: dict, drop: list[str]) -> None:
+    """Give `path` to the user the child runs as (`_privileges`), if it switches user."""
+    uid, gid = drop[1].split(":") if drop else (popen_args.get("user"), popen_args.get("group"))
+    if uid is not None:
+        os.chown(path, int(uid), int(gid))
+
+
 def _workdir(info: dict, popen_args: dict, drop: list[str]) -> tuple[str, dict, int]:
     """(the child's folder, its environment, its file-size limit). Only a Hugging Face model
     (code of the transformers package, weights as safetensors) gets a scratch folder it may
@@ -249,19 +264,18 @@ def _workdir(info: dict, popen_args: dict, drop: list[str]) -> tuple[str, dict, 
     if info.get("format") == "huggingface":
         scratch = os.path.join(workdir, "scratch")
         os.mkdir(scratch, 0o700)
-        uid_gid = drop[1].split(":") if drop else (popen_args.get("user"), popen_args.get("group"))
-        if uid_gid[0] is not None:
-            os.chown(scratch, int(uid_gid[0]), int(uid_gid[1]))
+        _chown_to_child(scratch, popen_args, drop)
         env["XAIQ_SCRATCH"], fsize = scratch, HF_SCRATCH_BYTES
     return workdir, env, fsize
 
 
 def _start(info: dict, payload: bytes, timeout_s: float, memory_mb: int):
-    """Start the confined child; returns (process, its output reader, result reader, folder, cpu s)."""
+    """Start the confined child; returns (process, its output reader, result reader, stdin feeder,
+    folder, cpu s)."""
     popen_args, drop = _privileges()
     workdir, env, fsize = _workdir(info, popen_args, drop)
     result_r, result_w = os.pipe()
-    cpu_s = max(1, math.ceil(timeout_s)) + 1
+    cpu_s = cpu_seconds(timeout_s)
     try:
         proc = subprocess.Popen(
             _command("--result-fd", str(result_w), "--memory-mb", str(int(memory_mb)), *drop),
@@ -284,8 +298,9 @@ def _start(info: dict, payload: bytes, timeout_s: float, memory_mb: int):
     return proc, output, result, feeder, workdir, cpu_s
 
 
-def _verdict(rc: int | None, timed_out: bool, result: "_Reader", timeout_s: float, memory_mb: int, cpu_s: int) -> dict:
-    """What the child's exit status and result line say."""
+def _verdict(rc: int | None, timed_out: bool, result: bytes, overflow: bool, timeout_s: float, memory_mb: int,
+             cpu_s: int) -> dict:
+    """What the child's exit status and result line say (`overflow`: the line was cut off)."""
     if timed_out:
         return invalid(f"inspection did not finish in {timeout_s:g} s (stopped)")
     if rc is not None and rc < 0:
@@ -299,12 +314,12 @@ def _verdict(rc: int | None, timed_out: bool, result: "_Reader", timeout_s: floa
         return invalid(f"inspection stopped: out of memory or killed ({name})")
     if rc != 0:
         return invalid(f"inspection failed (exit status {rc}); out of memory (limit {memory_mb} MiB) or a crash")
-    if result.overflow:
+    if overflow:
         return invalid("inspection returned too large a result")
     try:
-        return _parse(bytes(result.data))
+        return _parse(result)
     except (ValueError, KeyError, TypeError) as e:
-        log.warning("malformed inspection result (%s): %r", e, bytes(result.data[:200]))
+        log.warning("malformed inspection result (%s): %r", e, result[:200])
         return invalid("inspection returned no well-formed result")
 
 
@@ -349,7 +364,7 @@ def inspect_untrusted(info: dict, data: bytes, *, timeout_s: float = 60.0, memor
             proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
     _log_output(info, proc.returncode, output.data.decode("utf-8", "replace"))
-    return _verdict(proc.returncode, timed_out, result, timeout_s, memory_mb, cpu_s)
+    return _verdict(proc.returncode, timed_out, bytes(result.data), result.overflow, timeout_s, memory_mb, cpu_s)
 
 
 class _Warm:
@@ -363,11 +378,9 @@ class _Warm:
     def _start(self) -> None:
         popen_args, drop = _privileges()
         workdir = tempfile.mkdtemp(prefix="xaiq-zygote-")
-        owner = drop[1].split(":") if drop else (popen_args.get("user"), popen_args.get("group"))
-        if owner[0] is not None:
-            os.chown(workdir, int(owner[0]), int(owner[1]))
+        _chown_to_child(workdir, popen_args, drop)
         os.chmod(workdir, 0o700)
-        cmd = [sys.executable, "-B", "-s", "-m", "worker.models.zygote", *drop]
+        cmd = _command(*drop, module="worker.models.zygote")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      cwd=workdir, env=_environment(workdir), close_fds=True, start_new_session=True,
                                      **popen_args)
@@ -403,9 +416,8 @@ class _Warm:
                 self.proc = None
                 return None
         _log_output(info, a["rc"], a["log"])
-        result = _Reader.__new__(_Reader)
-        result.data, result.overflow = bytearray(a["result"].encode()), False
-        return _verdict(a["rc"], a["timed_out"], result, timeout_s, memory_mb, max(1, int(timeout_s)) + 1)
+        return _verdict(a["rc"], a["timed_out"], a["result"].encode(), False, timeout_s, memory_mb,
+                        cpu_seconds(timeout_s))
 
 
 WARM = _Warm()
@@ -457,9 +469,7 @@ def _load(info: dict, data: bytes, memory_mb: int):
         return build_model(info, data, scratch=os.environ.get("XAIQ_SCRATCH"))
     except Exception as e:  # noqa: BLE001
         print(f"loading failed: {type(e).__name__}: {e}", file=sys.stderr)
-        if info.get("format") == "torchscript":
-            raise _Refused(_raised("loading", e, memory_mb)) from None
-        if isinstance(e, MemoryError) or "can't allocate memory" in str(e):
+        if info.get("format") == "torchscript" or isinstance(e, MemoryError) or "can't allocate memory" in str(e):
             raise _Refused(_raised("loading", e, memory_mb)) from None
         if type(e).__name__ == "UnpicklingError":  # torch.load(weights_only=True) refused an object: say which
             found = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
@@ -477,8 +487,6 @@ def _stage(stage: str, memory_mb: int, fn, *args):
     except _Refused:
         raise
     except BaseException as e:  # noqa: BLE001 - model code: only the stage and the type leave
-        import traceback
-
         traceback.print_exc(file=sys.stderr)
         raise _Refused(_raised(stage, e, memory_mb)) from None
 
@@ -503,8 +511,6 @@ def _inspect(info: dict, data: bytes, memory_mb: int) -> dict:
         except ForbiddenOperator as e:
             raise _Refused(str(e)) from None
         except Exception as e:  # noqa: BLE001
-            import traceback
-
             traceback.print_exc(file=sys.stderr)
             raise _Refused(_raised("the operator check", e, memory_mb)) from None
 
@@ -541,8 +547,6 @@ def run_inspection(info: dict, data: bytes, memory_mb: int) -> dict:
     except _Refused as e:
         return invalid(e)
     except BaseException as e:  # noqa: BLE001 - our own code failed: say where, not what the model said
-        import traceback
-
         traceback.print_exc(file=sys.stderr)
         return invalid(_raised("inspection", e, memory_mb))
 
@@ -614,6 +618,12 @@ def _drop_to(uid: int, gid: int) -> None:
     raise SystemExit("the sandbox user can become root again")
 
 
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -631,10 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         _drop_to(uid, gid)
     info, data = _read_input()
     result = run_inspection(info, data, args.memory_mb)
-    line = (json.dumps(result) + "\n").encode()
-    view = memoryview(line)
-    while view:
-        view = view[os.write(args.result_fd, view):]
+    write_all(args.result_fd, (json.dumps(result) + "\n").encode())
     os.close(args.result_fd)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -12,7 +12,7 @@ per model as before.
 
 Protocol on its stdin/stdout: a request is a 4-byte length, a JSON header
 {"info", "timeout_s", "memory_mb"}, an 8-byte length and the model's bytes; the answer
-is a 4-byte length and JSON {"rc", "timed_out", "result", "log", "cpu_s"}.
+is a 4-byte length and JSON {"rc", "timed_out", "result", "log"}.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ import struct
 import sys
 import tempfile
 import time
+
+from worker.models import sandbox
 
 PRELOAD = ("torch", "torch._dynamo", "torch.utils.flop_counter", "safetensors.torch", "transformers",
            "transformers.models.auto.modeling_auto", "worker.models.loading", "worker.models.opcheck",
@@ -40,12 +42,6 @@ def _read_exact(fd: int, n: int) -> bytes:
     return bytes(out)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def read_request(fd: int) -> tuple[dict, bytes]:
     (n,) = struct.unpack(">I", _read_exact(fd, 4))
     header = json.loads(_read_exact(fd, n))
@@ -60,8 +56,6 @@ def encode_request(header: dict, data: bytes) -> bytes:
 
 def _child(header: dict, data: bytes, result_w: int, log_w: int, base: str) -> None:
     """In the forked child: its session, limits and folder, then the sandbox's inspection."""
-    from worker.models import sandbox
-
     os.setsid()
     for fd in (1, 2):
         os.dup2(log_w, fd)
@@ -73,9 +67,9 @@ def _child(header: dict, data: bytes, result_w: int, log_w: int, base: str) -> N
     fsize = 0
     if header["info"].get("format") == "huggingface":
         os.environ["XAIQ_SCRATCH"], fsize = workdir, sandbox.HF_SCRATCH_BYTES
-    sandbox._limits(memory_mb, max(1, int(timeout_s)) + 1, fsize)()
+    sandbox._limits(memory_mb, sandbox.cpu_seconds(timeout_s), fsize)()
     result = sandbox.run_inspection(header["info"], data, memory_mb)
-    _write_all(result_w, (json.dumps(result) + "\n").encode())
+    sandbox.write_all(result_w, (json.dumps(result) + "\n").encode())
 
 
 def _collect(pid: int, result_r: int, log_r: int, timeout_s: float) -> dict:
@@ -130,14 +124,12 @@ def serve(base: str, out: int) -> None:
         os.close(result_r)
         os.close(log_r)
         body = json.dumps(answer).encode()
-        _write_all(out, struct.pack(">I", len(body)) + body)
+        sandbox.write_all(out, struct.pack(">I", len(body)) + body)
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import importlib
-
-    from worker.models import sandbox
 
     p = argparse.ArgumentParser(prog="python -m worker.models.zygote")
     p.add_argument("--drop-to", default=None, help="UID:GID to switch to after the imports")

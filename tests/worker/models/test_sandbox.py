@@ -38,67 +38,55 @@ HOARD_TIMEOUT_S = 40
 
 # --- hostile models (TorchScript needs their source, hence module level) ---------------------
 
-class ReadsInForward(nn.Module):
+class _OnFile(nn.Module):
     def __init__(self, path: str, n: int):
         super().__init__()
         self.path, self.n = path, n
 
-    def forward(self, x):
-        stolen = torch.from_file(self.path, False, self.n, dtype=torch.uint8)
-        return x.flatten(1)[:, :3] + stolen.float().sum() * 0
 
-
-class ReadsInSetstate(nn.Module):
-    """Reads the file while `torch.jit.load` restores it, before anyone can check it."""
+class _FileInState(_OnFile):
+    """Keeps the path through `torch.jit.save`; subclasses touch the file in `__setstate__`,
+    which `torch.jit.load` runs while it restores the model, before anyone can check it."""
 
     def __init__(self, path: str, n: int):
-        super().__init__()
-        self.path, self.n = path, n
-        self.stolen = torch.zeros(1)
+        super().__init__(path, n)
+        self.touched = torch.zeros(1)
 
     @torch.jit.export
     def __getstate__(self) -> tuple[str, int, bool]:
         return (self.path, self.n, self.training)
 
+    def forward(self, x):
+        return x.flatten(1)[:, :3] + self.touched.sum() * 0
+
+
+class ReadsInForward(_OnFile):
+    def forward(self, x):
+        stolen = torch.from_file(self.path, False, self.n, dtype=torch.uint8)
+        return x.flatten(1)[:, :3] + stolen.float().sum() * 0
+
+
+class ReadsInSetstate(_FileInState):
     @torch.jit.export
     def __setstate__(self, state: tuple[str, int, bool]):
         self.path, self.n, self.training = state[0], state[1], state[2]
-        self.stolen = torch.from_file(self.path, False, self.n, dtype=torch.uint8).float()
-
-    def forward(self, x):
-        return x.flatten(1)[:, :3] + self.stolen.sum() * 0
+        self.touched = torch.from_file(self.path, False, self.n, dtype=torch.uint8).float()
 
 
-class WritesInForward(nn.Module):
-    def __init__(self, path: str, n: int):
-        super().__init__()
-        self.path, self.n = path, n
-
+class WritesInForward(_OnFile):
     def forward(self, x):
         target = torch.from_file(self.path, True, self.n, dtype=torch.uint8)  # a shared mapping of the file
         target.copy_(torch.full([self.n], 65, dtype=torch.uint8))
         return x.flatten(1)[:, :3] + target.float().sum() * 0
 
 
-class WritesInSetstate(nn.Module):
-    def __init__(self, path: str, n: int):
-        super().__init__()
-        self.path, self.n = path, n
-        self.written = torch.zeros(1)
-
-    @torch.jit.export
-    def __getstate__(self) -> tuple[str, int, bool]:
-        return (self.path, self.n, self.training)
-
+class WritesInSetstate(_FileInState):
     @torch.jit.export
     def __setstate__(self, state: tuple[str, int, bool]):
         self.path, self.n, self.training = state[0], state[1], state[2]
         target = torch.from_file(self.path, True, self.n, dtype=torch.uint8)
         target.copy_(torch.full([self.n], 65, dtype=torch.uint8))
-        self.written = target.float()
-
-    def forward(self, x):
-        return x.flatten(1)[:, :3] + self.written.sum() * 0
+        self.touched = target.float()
 
 
 class Saves(nn.Module):
