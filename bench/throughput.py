@@ -115,14 +115,13 @@ def weights_of(e, label: int) -> np.ndarray:
     return w
 
 
-def lime_precision(a, model, x, hwc, seg, sizer, p: str, samples: int, seed_fn) -> dict:
+def lime_precision(a, model, x, hwc, seg, run, p: str, samples: int, seed_fn) -> dict:
     """xaiq's LIME at precision p vs the forward floor at p (and vs the seed, when given)."""
     import worker.explain as E
-    from worker.explain.batching import sizing
     from worker.explain.calibrate import candidates, measure
-    from worker.explain.precision import DTYPES, forward_fn
+    from worker.explain.precision import DTYPES
 
-    fwd = forward_fn(model, DTYPES[p])
+    fwd = run.forward(model, DTYPES[p])
     with torch.inference_mode():
         bs, rates = measure(fwd, x, candidates(x.device, x), repeats=3, budget_s=a.budget)
     record("lime", f"the floor's batch size at {p} (a sweep of the prepared forward)", bs, "",
@@ -137,8 +136,7 @@ def lime_precision(a, model, x, hwc, seg, sizer, p: str, samples: int, seed_fn) 
                 fwd(xb[:min(bs, samples - i)])
 
     def ours():
-        with sizing(sizer):
-            out["e"] = E.lime(model, x, num_samples=samples, seed=0, segmentation_fn=seg, precision=p)
+        out["e"] = E.lime(model, x, num_samples=samples, seed=0, segmentation_fn=seg, precision=p, run=run)
 
     fns = {"floor": floor, "xaiq": ours} | ({"seed": seed_fn} if seed_fn else {})
     t = interleaved(fns, a.repeats, a.device, warm=("floor", "xaiq"), limits={"seed": a.seed_repeats})
@@ -147,17 +145,19 @@ def lime_precision(a, model, x, hwc, seg, sizer, p: str, samples: int, seed_fn) 
 
 def bench_lime(a) -> dict:
     from worker.explain.calibrate import MeasuredSizes, MemoryStore
+    from worker.explain.context import RunContext
     from worker.explain.lime import slic_segments
     from worker.explain.precision import NAMES, resolve
     from worker.models.prepare import Options, prepare
 
     model, plain = trained_like_food11(a.device), trained_like_food11(a.device)
-    prepare(model, Options(compile=a.compile))
+    prepared = RunContext(prepared=prepare(model, Options(compile=a.compile)))
     hwc = photo(128)
     x = torch.tensor(hwc).permute(2, 0, 1).to(a.device)
     seg = lambda img: slic_segments(img, 100, 1, 1)  # noqa: E731  the same segmentation for all
-    sizer = MeasuredSizes(MemoryStore(), "food11", budget_s=a.budget)
-    forward_rates(a, model, plain, x)
+    run = RunContext(sizes=MeasuredSizes(MemoryStore(), "food11", budget_s=a.budget, run=prepared),
+                     prepared=prepared.prepared)
+    forward_rates(a, model, plain, x, run)
     auto = NAMES[resolve("auto", a.device)]
     try:
         import lime  # noqa: F401
@@ -168,7 +168,7 @@ def bench_lime(a) -> dict:
     runs = {}
     for p in ["fp32", "bf16"] + (["fp16"] if a.device.startswith("cuda") else []):
         n = a.samples if p == auto else a.reduced_samples
-        runs[p] = lime_precision(a, model, x, hwc, seg, sizer, p, n, seed_fn if p == auto else None) | {"n": n}
+        runs[p] = lime_precision(a, model, x, hwc, seg, run, p, n, seed_fn if p == auto else None) | {"n": n}
         t = runs[p]["times"]
         ratio = median(t["xaiq"]) / median(t["floor"])
         official = p == auto
@@ -181,23 +181,25 @@ def bench_lime(a) -> dict:
             speed = median(t["seed"]) / median(t["xaiq"])
             record("lime", f"LIME default ({auto}), {n} samples: seed pipeline / xaiq", median(t["xaiq"]), "s/image",
                    baseline=median(t["seed"]), ratio=speed, target=f">= {goal}", met=speed >= goal)
-    agreement(a, model, x, seg, runs)
+    agreement(a, model, x, seg, runs, run)
     return {"seed_s": median(runs[auto]["times"]["seed"]) if seed_fn else None}
 
 
-def forward_rates(a, model, plain, x) -> None:
+def forward_rates(a, model, plain, x, run) -> None:
     """The food-11 forward, interleaved at one batch size (the prepared model's best): as
     registered (NHWC inputs), prepared (batch norm folded, NHWC weights), compiled (full mode),
     and prepared at each reduced precision."""
     from worker.explain.calibrate import candidates, measure
-    from worker.explain.precision import DTYPES, forward_fn
+    from worker.explain.context import plain as as_registered
+    from worker.explain.precision import DTYPES
     from worker.models.prepare import Options, Prepared
 
-    prepared = forward_fn(model)
+    prepared = run.forward(model)
     with torch.inference_mode():
         bs, _ = measure(prepared, x, candidates(x.device, x), repeats=3, budget_s=a.budget)
-    fwds = {"as registered (NHWC inputs)": forward_fn(plain), "prepared (BN folded, NHWC weights)": prepared}
-    fwds |= {f"prepared, {p}": forward_fn(model, DTYPES[p]) for p in (["bf16", "fp16"] if a.device.startswith("cuda")
+    fwds = {"as registered (NHWC inputs)": as_registered(plain, torch.float32),
+            "prepared (BN folded, NHWC weights)": prepared}
+    fwds |= {f"prepared, {p}": run.forward(model, DTYPES[p]) for p in (["bf16", "fp16"] if a.device.startswith("cuda")
                                                                       else ["bf16"])}
     if not a.short and a.compile == "off":
         t0 = time.perf_counter()
@@ -221,15 +223,15 @@ def forward_rates(a, model, plain, x) -> None:
                ratio=base / median(v), runs=v)
 
 
-def agreement(a, model, x, seg, runs) -> None:
+def agreement(a, model, x, seg, runs, run) -> None:
     """How closely reduced-precision LIME agrees with fp32 (same seed), beside two fp32 seeds."""
     import worker.explain as E
 
     for p, r in runs.items():
         if p == "fp32":
             continue
-        base = E.lime(model, x, num_samples=r["n"], seed=0, segmentation_fn=seg, precision="fp32")
-        other = E.lime(model, x, num_samples=r["n"], seed=1, segmentation_fn=seg, precision="fp32")
+        base = E.lime(model, x, num_samples=r["n"], seed=0, segmentation_fn=seg, precision="fp32", run=run)
+        other = E.lime(model, x, num_samples=r["n"], seed=1, segmentation_fn=seg, precision="fp32", run=run)
         lab = base.top_labels[0]
         seeds = float(np.corrcoef(weights_of(base, lab), weights_of(other, lab))[0, 1])
         ours = r["e"]
@@ -245,21 +247,21 @@ def bench_food_unit(a, seed_s: float | None) -> None:
     """LIME per food-11 image inside a unit (one stream, segmentation beside the device) vs the
     seed's pipeline per image: the GPU target."""
     import worker.explain as E
-    from worker.explain.batching import sizing
     from worker.explain.calibrate import MeasuredSizes, MemoryStore
+    from worker.explain.context import RunContext
     from worker.models.prepare import prepare
 
     n = a.food_unit
     if not n or seed_s is None:
         return skipped("food unit", "no seed pipeline timing" if n else "--food-unit 0")
     model = trained_like_food11(a.device)
-    prepare(model)
+    prepared = RunContext(prepared=prepare(model))
     x = torch.tensor(np.stack([crop(k) for k in range(n)])).permute(0, 3, 1, 2).to(a.device)
-    sizer = MeasuredSizes(MemoryStore(), "food11", budget_s=a.budget)
+    run = RunContext(sizes=MeasuredSizes(MemoryStore(), "food11", budget_s=a.budget, run=prepared),
+                     prepared=prepared.prepared)
 
     def unit():
-        with sizing(sizer):
-            E.lime_many(model, x, num_samples=a.samples, seed=0)
+        E.lime_many(model, x, num_samples=a.samples, seed=0, run=run)
 
     t = interleaved({"xaiq": unit}, a.repeats, a.device, warm=("xaiq",))
     per = median(t["xaiq"]) / n
@@ -285,28 +287,27 @@ def crop(k: int, size: int = 128) -> np.ndarray:
 def bench_stream(a, seed_s: float | None) -> None:
     """A unit of digits at the service's LIME defaults: one stream vs image by image."""
     import worker.explain as E
-    from worker.explain.batching import sizing
     from worker.explain.calibrate import MeasuredSizes, MemoryStore
+    from worker.explain.context import RunContext
     from worker.models.digits import MEAN, STD, digit_images
     from worker.models.prepare import prepare
 
     model = digits_model(a.device)
-    prepare(model)
+    prepared = RunContext(prepared=prepare(model))
     n, samples = (8, 200) if a.short else (32, 1000)
     ims, _ = digit_images(n)
     x = ((torch.tensor(np.stack([np.asarray(i, np.float32) / 255 for i in ims]))[:, None] - MEAN) / STD).to(a.device)
     with torch.no_grad():
         y = model(x).argmax(1).tolist()
-    sizer = MeasuredSizes(MemoryStore(), "digits", budget_s=a.budget)
+    run = RunContext(sizes=MeasuredSizes(MemoryStore(), "digits", budget_s=a.budget, run=prepared),
+                     prepared=prepared.prepared)
     out = {}
 
     def stream():
-        with sizing(sizer):
-            out["s"] = E.lime_many(model, x, [[t] for t in y], num_samples=samples, seed=0)
+        out["s"] = E.lime_many(model, x, [[t] for t in y], num_samples=samples, seed=0, run=run)
 
     def loop():
-        with sizing(sizer):
-            out["l"] = [E.lime(model, x[i], num_samples=samples, seed=0, labels=[y[i]]) for i in range(n)]
+        out["l"] = [E.lime(model, x[i], num_samples=samples, seed=0, labels=[y[i]], run=run) for i in range(n)]
 
     t = interleaved({"loop": loop, "stream": stream}, a.repeats, a.device, warm=("stream",))
     diff = max(float(np.abs(weights_of(s, t_) - weights_of(lo, t_)).max()) for s, lo, t_ in zip(out["s"], out["l"], y))
@@ -527,30 +528,30 @@ def audit_compute(a) -> None:
     import worker.explain as E
     from worker.audit import unit_partial
     from worker.audit.faithfulness import choose_for_curves
-    from worker.explain.batching import batch_size, sizing
     from worker.explain.calibrate import MeasuredSizes, MemoryStore
+    from worker.explain.context import RunContext
     from worker.models.prepare import prepare
 
     n = a.audit_images
     if not n:
         return skipped("audit", "--audit-images 0")
     model = trained_like_food11(a.device)
-    prepare(model)
-    sizer = MeasuredSizes(MemoryStore(), "food11", budget_s=a.budget)
+    prepared = RunContext(prepared=prepare(model))
+    run = RunContext(sizes=MeasuredSizes(MemoryStore(), "food11", budget_s=a.budget, run=prepared),
+                     prepared=prepared.prepared)
     x = torch.tensor(np.stack([crop(k) for k in range(n)])).permute(0, 3, 1, 2).to(a.device)
     methods = {"saliency": {}, "lime": {"num_samples": a.audit_samples}}
     t0 = time.perf_counter()
-    with sizing(sizer):
-        for s in range(0, n, a.unit_size):
-            xs = x[s:s + a.unit_size]
-            with torch.no_grad():
-                probs = model(xs).softmax(1)
-            heat = {m: E.run(m, model, xs, probs.argmax(1), p).heatmaps for m, p in methods.items()}
-            with torch.inference_mode():
-                fwd, dtype = choose_for_curves(model, "auto", xs[:16])
-                unit_partial(xs, probs.argmax(1).tolist(), list(range(s, s + len(xs))), heat,
-                             lambda z: fwd(z).softmax(1), n_classes=11, steps=a.audit_steps, probs=probs,
-                             batch_size=batch_size(model, xs[0], "faithfulness", dtype))
+    for s in range(0, n, a.unit_size):
+        xs = x[s:s + a.unit_size]
+        with torch.no_grad():
+            probs = model(xs).softmax(1)
+        heat = {m: E.run(m, model, xs, probs.argmax(1), p, run).heatmaps for m, p in methods.items()}
+        with torch.inference_mode():
+            fwd, dtype = choose_for_curves(model, "auto", xs[:16], run)
+            unit_partial(xs, probs.argmax(1).tolist(), list(range(s, s + len(xs))), heat,
+                         lambda z: fwd(z).softmax(1), n_classes=11, steps=a.audit_steps, probs=probs,
+                         batch_size=run.batch_size(model, xs[0], "faithfulness", dtype))
     total = time.perf_counter() - t0
     record("audit", f"food-11 audit's device work, {n} images (saliency + LIME {a.audit_samples} samples, "
            f"{a.audit_steps} steps; no service here)", total, "s", per_image_s=total / n)

@@ -7,13 +7,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from shared import methods as registry
+from shared.formats import ARCHITECTURES, BUILTIN_ARCHITECTURES
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # A path below the tenant's uploads: folders and a file name of letters, digits, '.', '_', '-'.
 SEGMENT = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$")
-# Names of the architectures the worker builds (worker/models/architectures.py; a test keeps them equal).
-BUILTIN_ARCHITECTURES = ("food11-cnn", "digits-cnn")
-ARCHITECTURES = (*BUILTIN_ARCHITECTURES, "torchscript", "huggingface", "export")
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Text = Annotated[str, Field(max_length=200)]
 

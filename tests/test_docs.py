@@ -21,11 +21,15 @@ def test_every_setting_is_documented():
     assert markdown_table() in README, "regenerate the README's table with: python -m shared.settings"
 
 
-def test_builtin_architecture_names_agree():
-    from shared.schemas import BUILTIN_ARCHITECTURES
-    from worker.models.architectures import ARCHITECTURES
+def test_every_builtin_architecture_builds():
+    from torch import nn
 
-    assert set(BUILTIN_ARCHITECTURES) == set(ARCHITECTURES)
+    from shared.formats import BUILTIN_ARCHITECTURES
+    from worker.models.architectures import build
+
+    assert BUILTIN_ARCHITECTURES
+    for name in BUILTIN_ARCHITECTURES:
+        assert isinstance(build(name, num_classes=3, in_channels=1), nn.Module), name
 
 
 def test_quick_start_has_the_two_commands():

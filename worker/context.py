@@ -16,7 +16,7 @@ import torch
 
 from shared.backends import Backends
 from shared.storage import Keys
-from worker.explain.batching import Sizer
+from worker.explain.context import Sizer
 from worker.explain.calibrate import MeasuredSizes
 from worker.models.loading import LoadedModel, ModelCache, pick_device
 from worker.models.prepare import Options
@@ -107,7 +107,7 @@ class WorkerContext(Backends):
     def sizer(self, lm: LoadedModel) -> Sizer | None:
         """The model's measured batch sizes (None: the defaults, `XAIQ_BATCH_MEASURE_S` 0)."""
         budget = self.settings.batch_measure_s
-        return MeasuredSizes(self.batch_sizes, lm.key, budget_s=budget) if budget > 0 else None
+        return MeasuredSizes(self.batch_sizes, lm.key, budget_s=budget, run=lm.run()) if budget > 0 else None
 
     @cached_property
     def heartbeat(self) -> Heartbeat:

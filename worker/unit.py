@@ -24,7 +24,8 @@ import torch
 from shared.storage import Keys, Storage
 from worker import explain, images, metrics, render
 from worker.context import WorkerContext
-from worker.explain.batching import Sizer, checkpoints, probabilities, sizing
+from worker.explain.batching import probabilities
+from worker.explain.context import RunContext, Sizer
 from worker.models.loading import LoadedModel
 
 log = logging.getLogger("xaiq.worker")
@@ -75,7 +76,7 @@ def read_batch(ctx: WorkerContext, manifest: dict, info: dict, first: int, count
 def predict(lm: LoadedModel, batch: Batch) -> tuple[Batch, torch.Tensor, torch.Tensor]:
     """(the batch without images whose outputs are NaN or infinite, their inputs, probabilities)."""
     x = torch.from_numpy(images.standardize(batch.pixels, lm.info)).to(lm.device)
-    probs = probabilities(lm.model, x)
+    probs = probabilities(lm.model, x, run=lm.run())
     finite = torch.isfinite(probs).all(1).cpu().numpy()
     if finite.all():
         return batch, x, probs
@@ -95,6 +96,7 @@ class Explained:
     targets: torch.Tensor       # (N,)
     results: dict[str, explain.Explanation]
     timings: dict[str, float]
+    run: RunContext             # how its batches ran (the audit's passes run the same way)
 
 
 def explain_batch(lm: LoadedModel, batch: Batch, x: torch.Tensor, probs: torch.Tensor, methods: dict[str, dict],
@@ -107,15 +109,15 @@ def explain_batch(lm: LoadedModel, batch: Batch, x: torch.Tensor, probs: torch.T
     `sizer`: the measured batch sizes (None: the defaults)."""
     targets = torch.tensor([labels[i] for i in batch.indices], device=lm.device) if labels else probs.argmax(1)
     results, timings = {}, {}
-    with checkpoints(check), sizing(sizer):
-        for name, params in methods.items():
-            check()
-            t0 = time.perf_counter()
-            results[name] = explain.run(name, lm.model, x, targets, params)   # numpy: the device is done
-            timings[name] = round(time.perf_counter() - t0, 4)
-            if emit is not None:
-                emit(name, results[name])
-    return Explained(lm, batch, x, probs, targets, results, timings)
+    run = lm.run(sizes=sizer, check=check)
+    for name, params in methods.items():
+        check()
+        t0 = time.perf_counter()
+        results[name] = explain.run(name, lm.model, x, targets, params, run)   # numpy: the device is done
+        timings[name] = round(time.perf_counter() - t0, 4)
+        if emit is not None:
+            emit(name, results[name])
+    return Explained(lm, batch, x, probs, targets, results, timings, run)
 
 
 class Writer:
@@ -274,8 +276,7 @@ def explain_unit(ctx: WorkerContext, lm: LoadedModel, keys: Keys, job: str, unit
     fields: list[dict] = [{} for _ in batch.indices]
     if on_batch is not None:
         t1 = time.perf_counter()
-        with sizing(sizer):
-            extra, fields = on_batch(e)
+        extra, fields = on_batch(e)
         e.timings["audit"] = round(time.perf_counter() - t1, 4)
         out.put(extra)
     e.timings["predict"] = predict_s

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from worker.explain.batching import device_of, probabilities
-from worker.explain.precision import Forward, choose
+from worker.explain.context import DEFAULT, Forward, RunContext
+from worker.explain.precision import choose
 
 Predict = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
 
@@ -41,21 +42,22 @@ def auc(curve: np.ndarray) -> np.ndarray:
 
 
 def predict_fn(model: torch.nn.Module, device: str | torch.device | None = None, precision: str = "fp32",
-               probe: torch.Tensor | None = None) -> Predict:
+               probe: torch.Tensor | None = None, run: RunContext = DEFAULT) -> Predict:
     """A `predict(x) -> softmax probabilities` for a classifier returning logits; its passes at
     `precision` when `probe` (the images, and their blurred baselines) shows the reduced dtype
     agrees with fp32 (`choose_for_curves`)."""
     device = device or device_of(model)
     if probe is None or precision == "fp32":
-        return lambda x: probabilities(model, x.to(device), chunk=len(x) or 1)
-    forward, _ = choose_for_curves(model, precision, probe.to(device))
+        return lambda x: probabilities(model, x.to(device), chunk=len(x) or 1, run=run)
+    forward, _ = choose_for_curves(model, precision, probe.to(device), run)
     return lambda x: forward(x.to(device)).softmax(1)
 
 
-def choose_for_curves(model: torch.nn.Module, precision: str, probe: torch.Tensor) -> tuple[Forward, torch.dtype]:
+def choose_for_curves(model: torch.nn.Module, precision: str, probe: torch.Tensor,
+                      run: RunContext = DEFAULT) -> tuple[Forward, torch.dtype]:
     """`choose` for the curves' passes, guarded on their ends: `probe` (some of the images)
     and their blurred baselines."""
-    return choose(model, precision, torch.cat([probe, gaussian_blur(probe)]))
+    return choose(model, precision, torch.cat([probe, gaussian_blur(probe)]), run)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:

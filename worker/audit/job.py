@@ -15,7 +15,7 @@ from worker.audit.sanity import randomisable_layers
 from worker.audit.aggregate import FAITH_KEYS
 from worker.audit.faithfulness import choose_for_curves
 from worker.context import WorkerContext
-from worker.explain.batching import batch_size, predicted
+from worker.explain.batching import predicted
 from worker.unit import Explained, read_batch
 
 
@@ -28,11 +28,11 @@ def on_batch(manifest: dict, keys: Keys, job: str, unit: int):
         heatmaps = {m: r.heatmaps for m, r in e.results.items()}
         model, device = e.model.model, e.model.device
         with torch.inference_mode():   # the curves' passes at the audit's precision, guarded on their ends
-            forward, dtype = choose_for_curves(model, opts.get("precision", "auto"), e.inputs[:16])
+            forward, dtype = choose_for_curves(model, opts.get("precision", "auto"), e.inputs[:16], e.run)
             partial = unit_partial(e.inputs, truth, e.batch.indices, heatmaps,
                                    lambda x: forward(x.to(device)).softmax(1), n_classes=len(e.model.classes),
                                    steps=opts["faithfulness_steps"], seed=opts["seed"], probs=e.probabilities,
-                                   batch_size=batch_size(model, e.inputs[0], "faithfulness", dtype))
+                                   batch_size=e.run.batch_size(model, e.inputs[0], "faithfulness", dtype))
         preds = partial.preds
         fields = [{
             "label": int(truth[j]), "label_class": e.model.classes[truth[j]], "correct": bool(preds[j] == truth[j]),
@@ -55,7 +55,7 @@ def sanity(ctx: WorkerContext, manifest: dict, lm) -> tuple[list[dict], str | No
     if not batch.indices:
         return [], "not run: no readable image in the sample"
     x = torch.from_numpy(images.standardize(batch.pixels, lm.info)).to(lm.device)
-    y = predicted(lm.model, x)
+    y = predicted(lm.model, x, run=lm.run())
     attributes = {m: (lambda model, xs, ys, m=m: explain.run(m, model, xs, ys, manifest["methods"][m]).heatmaps)
                   for m in manifest["methods"]}
     try:

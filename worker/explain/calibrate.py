@@ -14,7 +14,8 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
-from .precision import NAMES, forward_fn
+from .context import DEFAULT, RunContext
+from .precision import NAMES
 
 log = logging.getLogger("xaiq.worker")
 
@@ -44,11 +45,12 @@ def candidates(device: torch.device, example: torch.Tensor) -> list[int]:
     return [1 << k for k in range(2, 13) if 1 << k <= top] or [1]
 
 
-def runner(model: nn.Module, dtype: torch.dtype, grad: bool) -> Callable[[torch.Tensor], object]:
-    """What one batch costs: a forward-only pass (the prepared forward), or a forward and the
-    gradient with respect to the inputs."""
+def runner(model: nn.Module, dtype: torch.dtype, grad: bool,
+           run: RunContext = DEFAULT) -> Callable[[torch.Tensor], object]:
+    """What one batch costs: a forward-only pass (the run's prepared forward), or a forward and
+    the gradient with respect to the inputs."""
     if not grad:
-        return forward_fn(model, dtype)
+        return run.forward(model, dtype)
 
     def run(x: torch.Tensor):
         x = x.clone().requires_grad_(True)
@@ -96,8 +98,10 @@ def measure(run, example: torch.Tensor, sizes: list[int], repeats: int = 3,
 class MeasuredSizes:
     """A `batching.Sizer` for one model: its filed batch size, else one measured now and filed."""
 
-    def __init__(self, store: Store, model_key: str, repeats: int = 3, budget_s: float = 8.0):
+    def __init__(self, store: Store, model_key: str, repeats: int = 3, budget_s: float = 8.0,
+                 run: RunContext = DEFAULT):
         self.store, self.model_key, self.repeats, self.budget_s = store, model_key, repeats, budget_s
+        self.run = run   # whose prepared forwards the forward-only sizes are measured with
 
     def key(self, example: torch.Tensor, method: str, dtype: torch.dtype, grad: bool) -> str:
         """Forward-only methods (LIME, audit curves) run the same pass: they share one measurement."""
@@ -110,7 +114,7 @@ class MeasuredSizes:
         hit = self.store.get(key)
         if hit is not None:
             return int(hit)
-        size, rates = measure(runner(model, dtype, grad), example, candidates(example.device, example),
+        size, rates = measure(runner(model, dtype, grad, self.run), example, candidates(example.device, example),
                               self.repeats, self.budget_s)
         log.info("batch size %d for %s (images/s by size: %s)", size, key,
                  {b: round(r, 1) for b, r in rates.items()})

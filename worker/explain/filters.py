@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batching import batch_size as size_for, checkpoint, prepare
+from .batching import prepare
+from .context import DEFAULT, RunContext
 from .hooks import as_map, capture, evaluating, run_until
 from .pictures import normalize, rgb, to_numpy
 from .result import Explanation
@@ -40,7 +41,7 @@ def _spectral(shape, filters, seed, device):
     return spec, (scale / scale.max() * (h * w) ** 0.5 / 4).to(device)  # DC term ~ +-1 per unit coefficient
 
 
-def _optimise(model, box, x0, filters, iterations, lr, style, seed):
+def _optimise(model, box, x0, filters, iterations, lr, style, seed, run: RunContext):
     n_f, (c, h, w) = len(filters), x0.shape[1:]
     k = torch.as_tensor(filters, device=x0.device)
     rows = torch.arange(n_f, device=x0.device)
@@ -65,7 +66,7 @@ def _optimise(model, box, x0, filters, iterations, lr, style, seed):
         raise ValueError(f"unknown style {style!r}")
     for step in range(iterations):
         if step % 10 == 0:
-            checkpoint()
+            run.checkpoint()
         x = image()
         if style == "readable":   # random translation each step: robust, less high-frequency noise
             dy, dx = torch.randint(-j, j + 1, (2,), generator=jitter).tolist()
@@ -84,7 +85,7 @@ def _optimise(model, box, x0, filters, iterations, lr, style, seed):
 
 def filter_explanation(model: nn.Module, images: torch.Tensor, layer: str, filters, iterations: int = 100,
                        lr: float = 1.0, style: str = "readable", seed: int = 0,
-                       batch_size: int | None = None) -> FilterExplanation:
+                       batch_size: int | None = None, run: RunContext = DEFAULT) -> FilterExplanation:
     """Activations (N,F,h,w) of `filters` of `layer` (module path, e.g. 'cnn.15') for the
     images, and one visualization (F,C,H,W) per filter. On a token layer (N,T,D) filter k
     is channel k of the patch-token grid (N,D,h,w).
@@ -99,12 +100,12 @@ def filter_explanation(model: nn.Module, images: torch.Tensor, layer: str, filte
     x, _ = prepare(model, images)
     module = model.get_submodule(layer)
     with evaluating(model):   # sized before the hook: a measurement runs whole forwards
-        bs = batch_size or size_for(model, x[0], "filters", grad=True, cap=len(filters))
+        bs = batch_size or run.batch_size(model, x[0], "filters", grad=True, cap=len(filters))
     with evaluating(model), capture(module, stop=True) as box:
         with torch.no_grad():
             acts = as_map(run_until(model, x, box), *x.shape[-2:])[:, filters].detach()
             box.value = None
-        vis = torch.cat([_optimise(model, box, x, filters[i:i + bs], iterations, lr, style, seed)
+        vis = torch.cat([_optimise(model, box, x, filters[i:i + bs], iterations, lr, style, seed, run)
                          for i in range(0, len(filters), bs)])
     return FilterExplanation(to_numpy(acts), to_numpy(vis))
 
@@ -124,11 +125,12 @@ def tile(maps: torch.Tensor, cell: tuple[int, int]) -> torch.Tensor:
     return out[..., None].expand(-1, -1, 3)
 
 
-def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params) -> Explanation:
+def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params,
+            run: RunContext = DEFAULT) -> Explanation:
     """maps: (N,F,h,w) activations; pictures: per image a tile of its F activation maps;
     extras['visualizations']: (F,C,H,W) raw; extra_pictures['visualizations']: (F,H,W,3)."""
     r = filter_explanation(model, images, params.layer, params.filters, params.iterations, params.lr,
-                           params.style, params.seed)
+                           params.style, params.seed, run=run)
     acts = torch.from_numpy(r.activations)
     h, w = acts.shape[-2:]
     s = max(1, min(images.shape[-2] // h, images.shape[-1] // w))

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .batching import prepare
+from .context import DEFAULT, RunContext
 from .hooks import as_map, capture, evaluating, first_tensor, layer_of
 from .pictures import overlay, to_numpy, upsample
 from .result import Explanation
@@ -49,7 +50,8 @@ def gradcam(model: nn.Module, images: torch.Tensor, labels=None, layer: str | No
     return to_numpy(upsample(cam, images.shape[-2:]) if upsampled else cam)
 
 
-def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params) -> Explanation:
+def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params,
+            run: RunContext = DEFAULT) -> Explanation:
     """maps: (N,h,w) raw cam at the layer; heatmaps: (N,H,W) bilinear upsampled cam;
     pictures: jet overlay of the upsampled cam on the grey image."""
     cam, _ = gradcam_tensor(model, images, labels, params.layer)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .batching import predicted, prepare
+from .context import DEFAULT, RunContext
 from .gradients import over_copies
 from .hooks import evaluating
 from .pictures import overlay, to_numpy
@@ -30,7 +31,7 @@ def baseline_of(x: torch.Tensor, baseline: str) -> torch.Tensor:
 
 
 def integrated_gradients_tensor(model, images, labels=None, steps=50, baseline="zeros", batch_size=None,
-                                precision="fp32"):
+                                precision="fp32", run: RunContext = DEFAULT):
     """(attributions (N,C,H,W) on the model's device, labels used, the dtype the passes ran in)."""
     x, y = prepare(model, images, labels)
     dtype = resolve(precision, x.device)
@@ -39,12 +40,12 @@ def integrated_gradients_tensor(model, images, labels=None, steps=50, baseline="
     weights = torch.tensor(0.5 * leg_w, dtype=torch.float32, device=x.device).view(1, -1, 1, 1, 1)
     with evaluating(model):
         if y is None:
-            y = predicted(model, x)
+            y = predicted(model, x, run=run)
         b = baseline_of(x, baseline)
         out = over_copies(model, x, y, steps,
                           make=lambda s: b[s, None] + alphas * (x[s] - b[s])[:, None],
                           reduce=lambda g, s: (x[s] - b[s]) * (g * weights).sum(1), batch_size=batch_size,
-                          method="integrated_gradients", dtype=dtype)
+                          method="integrated_gradients", dtype=dtype, run=run)
     return out, y, dtype
 
 
@@ -55,11 +56,12 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, labels=None, st
     return to_numpy(integrated_gradients_tensor(model, images, labels, steps, baseline, batch_size, precision)[0])
 
 
-def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params) -> Explanation:
+def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params,
+            run: RunContext = DEFAULT) -> Explanation:
     """maps: (N,C,H,W) signed; heatmaps: (N,H,W) channel sum (signed);
     pictures: jet overlay of the positive part of the heatmap."""
     a, _, dtype = integrated_gradients_tensor(model, images, labels, params.steps, params.baseline,
-                                              precision=params.precision)
+                                              precision=params.precision, run=run)
     heat = a.sum(1)
     return Explanation(maps=to_numpy(a), pictures=overlay(images, heat.clamp_min(0)), heatmaps=to_numpy(heat),
                        precision=NAMES[dtype])

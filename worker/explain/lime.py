@@ -16,7 +16,7 @@ device, their perturbations scored in full batches across images (in the chosen
 """
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batching import batch_size as size_for, checkpoint, prepare
+from .batching import prepare
+from .context import DEFAULT, RunContext
 from .hooks import evaluating
 from .lime_base import ridge, select_features
 from .pictures import normalize, rgb, to_numpy
@@ -138,16 +139,10 @@ def submit(pool: ThreadPoolExecutor | None, fn, *args) -> Future:
     return done
 
 
-def side_pool() -> ThreadPoolExecutor:
-    """Threads that segment images and fit surrogates while the device scores (one pool per
-    process: a forked worker child makes its own)."""
-    return _pool_of(os.getpid())
-
-
-@functools.lru_cache(maxsize=1)   # the current process's only: another pid replaces it
-def _pool_of(pid: int) -> ThreadPoolExecutor:
-    threads = max(2, min(8, (os.cpu_count() or 2) // 2))   # SLIC releases the GIL: threads segment in parallel
-    return ThreadPoolExecutor(threads, thread_name_prefix="xaiq-lime")
+def side_threads() -> int:
+    """Threads for a call's own side pool when the run brings none: SLIC releases the GIL, so
+    threads segment in parallel."""
+    return max(2, min(8, (os.cpu_count() or 2) // 2))
 
 
 PROBE = 16   # perturbed copies the precision guard compares (and keeps, as scored rows)
@@ -193,8 +188,9 @@ class Stream:
     once all its rows are scored. Rows are independent, so every image's outputs are the
     ones it gets alone."""
 
-    def __init__(self, forward, size: int, example: torch.Tensor, outputs: str, done):
+    def __init__(self, forward, size: int, example: torch.Tensor, outputs: str, done, checkpoint):
         self.forward, self.size, self.outputs, self.done = forward, size, outputs, done
+        self.checkpoint = checkpoint
         self.buf = torch.empty((size, *example.shape), device=example.device)
         if example.dim() == 3:
             self.buf = self.buf.contiguous(memory_format=torch.channels_last)
@@ -220,7 +216,7 @@ class Stream:
     def flush(self) -> None:
         if not self.n:
             return
-        checkpoint()
+        self.checkpoint()
         y = self.scores(self.forward(self.buf[:self.n]))
         at = 0
         for p, take, last in self.owners:
@@ -236,7 +232,7 @@ def lime_many(model: nn.Module, images: torch.Tensor, labels=None, num_samples: 
               compactness: float = 1.0, sigma: float = 1.0, seed: int | None = None, top_labels: int | None = 5,
               batch_size: int | None = None, segmentation_fn=None, num_features: int = 100000,
               feature_selection: str = "auto", kernel_width: float = 0.25, outputs: str = "logits",
-              precision: str = "auto") -> list[LimeExplanation]:
+              precision: str = "auto", run: RunContext = DEFAULT) -> list[LimeExplanation]:
     """`lime` for each image of (N,C,H,W), as a stream: images segmented in a pool beside
     the device, all perturbations scored in full batches across images, each surrogate fit
     in the pool as soon as its image is scored. labels: None, or per image the classes to
@@ -244,9 +240,25 @@ def lime_many(model: nn.Module, images: torch.Tensor, labels=None, num_samples: 
     if outputs not in ("logits", "probabilities"):
         raise ValueError(f"outputs must be 'logits' or 'probabilities', not {outputs!r}")
     x, _ = prepare(model, images)
+    with contextlib.ExitStack() as stack:
+        pool = run.pool
+        if pool is None and len(x) > 1:   # the run brings no side threads: this call's own
+            pool = stack.enter_context(ThreadPoolExecutor(side_threads(), thread_name_prefix="xaiq-lime"))
+        fits, dtype = _stream(model, x, labels, num_samples, n_segments, compactness, sigma, seed, top_labels,
+                              batch_size, segmentation_fn, num_features, feature_selection, kernel_width, outputs,
+                              precision, run, pool)
+        results = [f.result() for f in fits]
+    for r in results:
+        r.precision = NAMES[dtype]
+    return results
+
+
+def _stream(model, x, labels, num_samples, n_segments, compactness, sigma, seed, top_labels, batch_size,
+            segmentation_fn, num_features, feature_selection, kernel_width, outputs, precision, run, pool):
+    """Segment in `pool`, score every image's perturbations in one stream, fit in `pool`:
+    (the fits' futures, the dtype the scoring ran in)."""
     hwcs = to_numpy(x.permute(0, 2, 3, 1))
     segment = segmentation_fn or (lambda a: slic_segments(a, n_segments, compactness, sigma))
-    pool = side_pool() if len(x) > 1 else None
     segs = [submit(pool, segment, h.astype(np.float64)) for h in hwcs]   # float64: what lime hands it
     fits = []
 
@@ -260,26 +272,23 @@ def lime_many(model: nn.Module, images: torch.Tensor, labels=None, num_samples: 
     with evaluating(model):
         first = perturbed(0)
         probe = min(PROBE, num_samples)   # the guard's probe: the first image's first perturbations
-        forward, dtype, scored = choose_scored(model, precision, first.rows(0, probe))
-        size = batch_size or size_for(model, x[0], "lime", dtype, cap=len(x) * num_samples)
-        stream = Stream(forward, size, x[0], outputs, done)
+        forward, dtype, scored = choose_scored(model, precision, first.rows(0, probe), run)
+        size = batch_size or run.batch_size(model, x[0], "lime", dtype, cap=len(x) * num_samples)
+        stream = Stream(forward, size, x[0], outputs, done, run.checkpoint)
         if scored is not None:   # the guard scored these rows already, in the chosen precision
             first.outputs.append(stream.scores(scored))
         stream.add(first, probe if scored is not None else 0)
         for i in range(1, len(x)):
             stream.add(perturbed(i))
         stream.flush()
-    results = [f.result() for f in fits]
-    for r in results:
-        r.precision = NAMES[dtype]
-    return results
+    return fits, dtype
 
 
 def lime(model: nn.Module, image: torch.Tensor, num_samples: int = 1000, n_segments: int = 100,
          compactness: float = 1.0, sigma: float = 1.0, seed: int | None = None, labels=None,
          top_labels: int | None = 5, batch_size: int | None = None, segmentation_fn=None,
          num_features: int = 100000, feature_selection: str = "auto", kernel_width: float = 0.25,
-         outputs: str = "logits", precision: str = "auto") -> LimeExplanation:
+         outputs: str = "logits", precision: str = "auto", run: RunContext = DEFAULT) -> LimeExplanation:
     """Explain ONE image (C,H,W) as the model takes it. labels: explain these classes;
     None: the `top_labels` most probable. segmentation_fn: (H,W,C) numpy -> (H,W) ints
     (default: `slic_segments`). batch_size None: the service's measured size, else a default.
@@ -289,16 +298,17 @@ def lime(model: nn.Module, image: torch.Tensor, num_samples: int = 1000, n_segme
     (`precision.choose`) falls back to fp32."""
     return lime_many(model, image[None], None if labels is None else [labels], num_samples, n_segments,
                      compactness, sigma, seed, top_labels, batch_size, segmentation_fn, num_features,
-                     feature_selection, kernel_width, outputs, precision)[0]
+                     feature_selection, kernel_width, outputs, precision, run)[0]
 
 
-def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params) -> Explanation:
+def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params,
+            run: RunContext = DEFAULT) -> Explanation:
     """All images in one stream (`lime_many`): maps = heatmaps = (N,H,W) per-pixel superpixel
     weight of the label; pictures: get_image_and_mask on the min-max normalised image."""
     shown = to_numpy(rgb(normalize(images.detach().float())))
     labs = [int(t) for t in labels]
     rs = lime_many(model, images, [[t] for t in labs], params.num_samples, params.n_segments, params.compactness,
-                   params.sigma, seed=params.seed, outputs=params.outputs, precision=params.precision)
+                   params.sigma, seed=params.seed, outputs=params.outputs, precision=params.precision, run=run)
     maps = np.stack([r.weight_map(t) for r, t in zip(rs, labs)]).astype(np.float32)
     pics = [r.image_and_mask(t, positive_only=params.positive_only, num_features=params.num_features,
                              min_weight=params.min_weight, image=shown[i])[0] for i, (r, t) in enumerate(zip(rs, labs))]

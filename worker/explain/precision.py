@@ -2,7 +2,7 @@
 
 `precision` is 'fp32', 'bf16', 'fp16' or 'auto': reduced precision only where the device
 runs it fast (CUDA tensor cores; CPUs with AMX or AVX512-BF16), fp32 elsewhere. A forward
-is the model the worker prepared for that dtype (batch norm folded, NHWC; see
+is the run's prepared copy for that dtype (batch norm folded, NHWC; see
 `worker.models.prepare`), else the model itself under autocast. The guard (`choose`) runs a
 probe (inputs that vary as the method's do: a few of LIME's perturbed copies, an audit's
 images and their blurred baselines) at both precisions first and keeps fp32 unless the
@@ -12,19 +12,17 @@ Gradient methods stay in fp32 unless a caller asks otherwise.
 from __future__ import annotations
 
 import logging
-import weakref
-from typing import Callable
 
 import torch
 from torch import nn
+
+from .context import DEFAULT, Forward, RunContext
 
 log = logging.getLogger("xaiq.worker")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 NAMES = {v: k for k, v in DTYPES.items()}
 TOLERANCE = 0.1   # largest mean |reduced - fp32| output, as a fraction of the outputs' spread over the probe
-
-Forward = Callable[[torch.Tensor], torch.Tensor]   # (B, C, H, W) float32 -> (B, K) float32, no graph
 
 
 def cpu_features() -> dict:
@@ -59,34 +57,6 @@ def resolve(precision: str, device: torch.device | str) -> torch.dtype:
     return DTYPES[precision]
 
 
-_PREPARED: "weakref.WeakKeyDictionary[nn.Module, Callable[[torch.dtype], Forward]]" = weakref.WeakKeyDictionary()
-
-
-def register(model: nn.Module, make: Callable[[torch.dtype], Forward]) -> None:
-    """Forward-only passes of `model` use make(dtype) from now on. Keyed by identity, so a
-    copy of the model (the sanity check randomises one) never inherits a stale copy."""
-    _PREPARED[model] = make
-
-
-def plain(model: nn.Module, dtype: torch.dtype) -> Forward:
-    """The model as it is: NHWC inputs for convolutions, autocast for a reduced dtype."""
-    def fwd(x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:   # oneDNN and tensor-core convolutions are faster on NHWC
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            if dtype == torch.float32:
-                return model(x).float()
-            with torch.autocast(x.device.type, dtype=dtype):
-                return model(x).float()
-    return fwd
-
-
-def forward_fn(model: nn.Module, dtype: torch.dtype = torch.float32) -> Forward:
-    """The forward to score with at `dtype`: the prepared one if the worker made it."""
-    make = _PREPARED.get(model)
-    return make(dtype) if make is not None else plain(model, dtype)
-
-
 def agrees(reference: torch.Tensor, reduced: torch.Tensor, tol: float = TOLERANCE) -> bool:
     """Whether reduced-precision outputs (R, K) keep what a method reads from fp32 ones: their
     mean error stays under `tol` of the outputs' spread across the R probe rows (their std per
@@ -98,23 +68,24 @@ def agrees(reference: torch.Tensor, reduced: torch.Tensor, tol: float = TOLERANC
     return bool((low - ref).abs().mean() <= tol * spread)
 
 
-def choose(model: nn.Module, precision: str, probe: torch.Tensor) -> tuple[Forward, torch.dtype]:
+def choose(model: nn.Module, precision: str, probe: torch.Tensor,
+           run: RunContext = DEFAULT) -> tuple[Forward, torch.dtype]:
     """(forward, dtype) for `precision`: a reduced dtype only if the model's outputs for `probe`
     (at least two inputs that vary as the method's do) agree with fp32 (`agrees`), else fp32
     (logged)."""
-    forward, dtype, _ = choose_scored(model, precision, probe)
+    forward, dtype, _ = choose_scored(model, precision, probe, run)
     return forward, dtype
 
 
-def choose_scored(model: nn.Module, precision: str, probe: torch.Tensor
+def choose_scored(model: nn.Module, precision: str, probe: torch.Tensor, run: RunContext = DEFAULT
                   ) -> tuple[Forward, torch.dtype, torch.Tensor | None]:
     """`choose`, and the chosen forward's outputs for `probe` where the guard computed them
     (None at fp32, where no guard runs): a caller whose probe is part of its work keeps them."""
     dtype = resolve(precision, probe.device)
-    exact = forward_fn(model, torch.float32)
+    exact = run.forward(model, torch.float32)
     if dtype == torch.float32:
         return exact, dtype, None
-    low = forward_fn(model, dtype)
+    low = run.forward(model, dtype)
     reference, reduced = exact(probe), low(probe)
     if agrees(reference, reduced):
         return low, dtype, reduced

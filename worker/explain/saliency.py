@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import prepare
+from .context import DEFAULT, RunContext
 from .hooks import evaluating
 from .pictures import normalize, rgb, to_numpy
 from .result import Explanation
@@ -35,7 +36,8 @@ def saliency(model: nn.Module, images: torch.Tensor, labels=None) -> np.ndarray:
     return to_numpy(saliency_tensor(model, images, labels)[0])
 
 
-def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params) -> Explanation:
+def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params,
+            run: RunContext = DEFAULT) -> Explanation:
     """maps: (N,C,H,W) normalised saliency; pictures: the map as RGB (the seed's
     picture; C=1 grey); heatmaps: (N,H,W) the map summed over channels."""
     s, _ = saliency_tensor(model, images, labels)

@@ -5,8 +5,12 @@ is. `digits-cnn` is a small network of the same shape for scikit-learn's digits.
 """
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import nn
+
+from shared.formats import BUILTIN_ARCHITECTURES
 
 
 def _block(cin: int, cout: int) -> list[nn.Module]:
@@ -43,13 +47,9 @@ class DigitsCNN(nn.Module):
         return self.fc(self.cnn(x).flatten(1))
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {
-    "food11-cnn": Food11CNN,
-    "digits-cnn": DigitsCNN,
-}
-
-
 def build(architecture: str, num_classes: int, in_channels: int) -> nn.Module:
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; built in: {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[architecture](num_classes=num_classes, in_channels=in_channels)
+    """A built-in architecture (`shared.formats.BUILTIN_ARCHITECTURES` names each one's class)."""
+    if architecture not in BUILTIN_ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; built in: {sorted(BUILTIN_ARCHITECTURES)}")
+    module, name = BUILTIN_ARCHITECTURES[architecture].split(":")
+    return getattr(importlib.import_module(module), name)(num_classes=num_classes, in_channels=in_channels)

@@ -13,7 +13,8 @@ from torch import nn
 
 from shared.storage import Keys, Storage
 from worker.models.architectures import build
-from worker.models.prepare import Options, prepare
+from worker.explain.context import RunContext
+from worker.models.prepare import Options, Prepared, prepare
 
 
 @dataclass
@@ -21,6 +22,11 @@ class LoadedModel:
     model: nn.Module
     info: dict
     device: torch.device
+    prepared: Prepared | None = None   # its forward-only copies
+
+    def run(self, **kw) -> RunContext:
+        """A run of this model: its prepared forwards, and `kw` (sizes, check, pool)."""
+        return RunContext(prepared=self.prepared, **kw)
 
     @property
     def classes(self) -> list[str]:
@@ -139,8 +145,7 @@ class ModelCache:
             if hashlib.sha256(data).hexdigest() != info.get("weights_sha256"):
                 raise ValueError(f"model {name!r}: the stored weights are not those of version {version}")
             model = build_model(info, data).to(device)
-            prepare(model, self.options)
-            self.models[key] = LoadedModel(model, info, device)
+            self.models[key] = LoadedModel(model, info, device, prepare(model, self.options))
             while len(self.models) > self.size:
                 self.models.popitem(last=False)
         self.models.move_to_end(key)

@@ -1,8 +1,8 @@
 """Models prepared once per worker process for forward-only passes (LIME's scoring, audit
 curves, predictions): per dtype one copy with eval-mode batch norm folded into the
 convolution before it, NHWC weights for convolutional models and, if asked, torch.compile
-(or CUDA graphs). Gradients, hooks and layer methods keep the original module. Registered
-with `worker.explain.precision.register`, so every forward-only pass on the model uses them.
+(or CUDA graphs). Gradients, hooks and layer methods keep the original module. A run passes
+them to the methods in its `RunContext(prepared=...)`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from worker.explain.precision import Forward, plain, register
+from worker.explain.context import Forward, plain
 
 log = logging.getLogger("xaiq.worker")
 
@@ -113,7 +113,5 @@ def padded(model, dtype: torch.dtype, nhwc: bool, pad: bool) -> Forward:
 
 
 def prepare(model: nn.Module, options: Options = Options()) -> Prepared:
-    """Prepare `model` (immutable from now on: a cached model version) and register it."""
-    p = Prepared(model, options)
-    register(model, p)
-    return p
+    """Forward-only copies of `model` (immutable from now on: a loaded model version), built on first use."""
+    return Prepared(model, options)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from worker.explain import calibrate as C
-from worker.explain.batching import auto_batch_size, batch_size, sizing
+from worker.explain.context import RunContext, auto_batch_size
 
 
 def fake_clock(monkeypatch, seconds_per_batch):
@@ -65,20 +65,18 @@ def test_measured_once_then_looked_up_by_every_forward_method(monkeypatch):
     assert all(k.startswith("model-a|3x16x16|cpu:") for k in store)
 
 
-def test_batch_size_asks_the_sizer_inside_sizing_and_the_default_outside():
+def test_batch_size_asks_the_runs_sizer_and_else_the_default():
     model, example = nn.Conv2d(3, 4, 3), torch.zeros(3, 16, 16)
     asked = []
 
     def sizer(m, ex, method, dtype, grad):
         asked.append((method, dtype, grad))
         return 48
-    with sizing(sizer):
-        assert batch_size(model, example, "lime", cap=1000) == 48
-        assert batch_size(model, example, "lime", cap=10) == 10
+    run = RunContext(sizes=sizer)
+    assert run.batch_size(model, example, "lime", cap=1000) == 48
+    assert run.batch_size(model, example, "lime", cap=10) == 10
     assert asked == [("lime", torch.float32, False)] * 2
-    assert batch_size(model, example, "lime") == auto_batch_size(model, example, grad=False)
-    with sizing(None):
-        assert batch_size(model, example, "lime") == auto_batch_size(model, example, grad=False)
+    assert RunContext().batch_size(model, example, "lime") == auto_batch_size(model, example, grad=False)
 
 
 class Refuses(nn.Module):
@@ -121,8 +119,8 @@ def test_every_method_runs_with_measured_sizes(method, params):
     torch.manual_seed(0)
     model, x = DigitsCNN().eval(), torch.randn(2, 1, 32, 32)
     store = C.MemoryStore()
-    with sizing(C.MeasuredSizes(store, "digits", repeats=1, budget_s=0.2)):
-        r = E.run(method, model, x, torch.tensor([1, 2]), params)
+    run = RunContext(sizes=C.MeasuredSizes(store, "digits", repeats=1, budget_s=0.2))
+    r = E.run(method, model, x, torch.tensor([1, 2]), params, run)
     assert r.maps.shape[0] == 2 and np.isfinite(r.maps).all()
     batched = method in ("filters", "lime", "smoothgrad", "integrated_gradients")   # the others: one pass
     assert len(store) == batched and all(int(v) >= 1 for v in store.values())

@@ -110,7 +110,7 @@ def test_every_method_on_every_format(formats, fmt, name):
 
 def test_scripted_models_size_their_batches_without_hooks(formats):
     """TorchScript takes no forward hooks: batch sizing falls back to an estimate."""
-    from worker.explain.batching import auto_batch_size
+    from worker.explain.context import auto_batch_size
 
     model, x, _, _, _ = formats["torchscript"]
     assert auto_batch_size(model, x[0], grad=True) >= 1

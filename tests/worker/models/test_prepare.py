@@ -1,6 +1,6 @@
-"""Models prepared once per worker process for forward-only passes: batch norm folded,
+"""Models prepared once per loaded version for forward-only passes: batch norm folded,
 NHWC, a copy per dtype; the registered model itself is left as it was, and a copy of it
-(the sanity check randomises one) never inherits the prepared forward."""
+(the sanity check randomises one) never gets the prepared forward of a run."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tests.worker.explain.conftest import _digits_model, _tiny_model
-from worker.explain.precision import forward_fn
+from worker.explain.context import RunContext
 from worker.models.prepare import Options, Prepared, fold_batchnorm, foldable, prepare
 
 
@@ -23,13 +23,14 @@ def test_the_prepared_forward_gives_the_models_outputs(make):
     with torch.no_grad():
         want = model(x)
     p = prepare(model)
-    got = forward_fn(model)(x)
+    run = RunContext(prepared=p)
+    got = run.forward(model)(x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    assert forward_fn(model) is p(torch.float32)                   # built once, then kept
+    assert run.forward(model) is p(torch.float32)                  # built once, then kept
     assert foldable(model)                                         # the model itself still has its batch norms
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert not any(m._forward_hooks for m in model.modules())
-    low = forward_fn(model, torch.bfloat16)(x)
+    low = run.forward(model, torch.bfloat16)(x)
     assert low.dtype == torch.float32 and (low - want).abs().max() < 0.1 * want.abs().max()
 
 
@@ -47,12 +48,12 @@ def test_a_copy_of_a_prepared_model_runs_as_it_is():
     """The sanity check deep-copies the model and re-initialises its layers: a prepared copy
     made before would be stale, so a copy must use its own, current weights."""
     model = _tiny_model()
-    prepare(model)
-    forward_fn(model)   # the prepared copy exists
+    run = RunContext(prepared=prepare(model))
+    run.forward(model)   # the prepared copy exists
     rand = copy.deepcopy(model)
     torch.nn.init.zeros_(rand.head.weight)
     torch.nn.init.ones_(rand.head.bias)
-    out = forward_fn(rand)(torch.rand(2, 3, 24, 24))
+    out = run.forward(rand)(torch.rand(2, 3, 24, 24))
     torch.testing.assert_close(out, torch.ones(2, 5))
 
 
