@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 from flask import Flask, g, redirect, request, url_for
 
-from api import clients
+from api import clients, signing
 from api.errors import ApiError, error_response
 from shared.tenants import Principal
 
@@ -47,8 +47,11 @@ def require_admin() -> Principal:
 
 
 def identify() -> tuple[Principal | None, bool]:
-    """(the caller or None, whether by the session cookie)."""
+    """(the caller or None, whether by the session cookie); a GET of a result may carry a
+    signed link instead of a key (`api.signing`)."""
     c = clients.get()
+    if request.method in ("GET", "HEAD") and "sig" in request.args:
+        return signing.principal(request.path, request.args), False
     key = presented_key()
     if key or not c.settings.api_key:
         return c.tenants.principal(key), False

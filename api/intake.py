@@ -1,27 +1,20 @@
-"""Turning a request into a job or an audit: read the spec and the files within limits,
-check them against the registry, the model's manifest and the tenant's limits, estimate
-the cost, store the inputs, write the manifest, record the job, queue its units. Every
-check runs before anything is stored; a request refused half-way removes what it stored."""
+"""Reading a request's spec within limits and checking it against the registry, the model's
+manifest and the tenant's limits, and the job's cost estimate (`api.submit` turns a checked
+request into a job)."""
 from __future__ import annotations
 
-import io
 import json
 import re
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from flask import request
-from PIL import Image, UnidentifiedImageError
 
 from api import auth, clients, records
 from api.errors import ApiError
 from shared import methods as registry
 from shared.jobs import LimitExceeded
-from shared.schemas import valid_path
-from shared.storage import Keys
 
-FORMATS = {"PNG", "JPEG", "MPO"}  # MPO: the multi-picture JPEG of phone cameras
 JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 
@@ -49,6 +42,21 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def parse_spec(model, raw: bytes, what: str):
+    """A spec from JSON bytes, validated by the pydantic `model`."""
+    body = parse_json(raw, what)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the spec must be a JSON object")
+    return model.model_validate(body)
+
+
+def job_model(spec) -> tuple[dict, str]:
+    """The spec's model, ready, with the spec's methods checked against it: (manifest, scope)."""
+    info, scope = ready_model(spec.model)
+    check_methods(spec.methods, info)
+    return info, scope
+
+
 def read_spec(model):
     """The spec (validated by the pydantic `model`) from a multipart field `spec` or a
     JSON body, plus the uploaded files."""
@@ -74,64 +82,6 @@ def read_query(model):
     return model.model_validate(request.args.to_dict())
 
 
-def check_image(name: str, data: bytes, max_pixels: int) -> bytes:
-    """The image as PNG bytes (PNG inputs are kept as they are); 4xx on a bad one."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format not in FORMATS:
-                raise ApiError(415, f"{name}: {img.format} images are not accepted; send PNG or JPEG")
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ApiError(413, f"{name}: {w}x{h} is larger than the limit of {max_pixels} pixels")
-            img.load()
-            if img.format == "PNG":
-                return data
-            if img.mode not in ("L", "RGB", "RGBA", "LA"):  # CMYK, YCbCr, ... have no PNG form
-                img = img.convert("RGB")
-            buf = io.BytesIO()
-            img.save(buf, "PNG")
-            return buf.getvalue()
-    except Image.DecompressionBombError:
-        raise ApiError(413, f"{name}: too many pixels") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ApiError(400, f"{name}: not a readable PNG or JPEG image ({type(e).__name__})") from None
-
-
-def store_checked(entries, key_of) -> list[str]:
-    """Check and store (name, read) entries one by one (memory: a few images at a time);
-    on a bad one, remove what was stored and raise. Returns the keys."""
-    c = clients.get()
-    stored: list[str] = []
-    with ThreadPoolExecutor(8) as pool:
-        futures = []
-        try:
-            for i, (name, read) in enumerate(entries):
-                key = key_of(i, name)
-                futures.append(pool.submit(c.storage.put, key, check_image(name, read(), c.settings.max_image_pixels),
-                                           "image/png"))
-                stored.append(key)
-                if len(futures) >= 16:
-                    futures.pop(0).result()
-            for f in futures:
-                f.result()
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            pool.shutdown(wait=True)
-            remove(stored)
-            raise
-    return stored
-
-
-def remove(keys: list[str]) -> None:
-    st = clients.get().storage
-    for key in keys:
-        try:
-            st.remove(key)
-        except Exception:  # noqa: BLE001 - best effort: an orphan is never referenced
-            pass
-
-
 def check_count(n: int, what: str = "a job") -> None:
     limit = clients.get().settings.max_images_per_job
     if n > limit:
@@ -155,37 +105,13 @@ def check_methods(methods: dict[str, dict], info: dict) -> None:
             raise ApiError(422, str(e)) from None
 
 
-def resolve_labels(labels: list | None, n: int, classes: list[str]) -> list[int] | None:
-    if labels is None:
-        return None
-    if len(labels) != n:
-        raise ApiError(422, f"labels: {len(labels)} given for {n} images; give one per image or none")
-    out = []
-    for i, lab in enumerate(labels):
-        if isinstance(lab, str) and lab in classes:
-            out.append(classes.index(lab))
-        elif isinstance(lab, int) and not isinstance(lab, bool) and 0 <= lab < len(classes):
-            out.append(lab)
-        else:
-            raise ApiError(422, f"labels[{i}]: {str(lab)[:100]!r} is not a class index 0..{len(classes) - 1} "
-                                "or a class name")
-    return out
-
-
-def upload_keys(paths: list[str]) -> list[dict]:
-    """`inputs` of a JSON job: paths of the tenant's own uploads, which must exist."""
-    bad = [p for p in paths if not valid_path(p)]
-    if bad:
-        raise ApiError(422, f"inputs: {len(bad)} invalid path(s): paths are like 'folder/name.png' in your uploads "
-                            "(letters, digits, '.', '_', '-'; no '..')", [str(b)[:200] for b in bad[:20]])
-    keys = Keys(auth.current().tenant)
-    st = clients.get().storage
-    with ThreadPoolExecutor(8) as pool:
-        found = list(pool.map(lambda p: st.exists(keys.upload(p)), paths))
-    missing = [p for p, ok in zip(paths, found) if not ok]
-    if missing:
-        raise ApiError(422, f"inputs: {len(missing)} path(s) not in your uploads (POST /v1/uploads)", missing[:20])
-    return [{"name": p.rsplit("/", 1)[-1], "key": keys.upload(p)} for p in paths]
+def resolve_label(lab, i: int, classes: list[str]) -> int:
+    """A label as a class index (given as an index or a class name); 422 otherwise."""
+    if isinstance(lab, str) and lab in classes:
+        return classes.index(lab)
+    if isinstance(lab, int) and not isinstance(lab, bool) and 0 <= lab < len(classes):
+        return lab
+    raise ApiError(422, f"labels[{i}]: {str(lab)[:100]!r} is not a class index 0..{len(classes) - 1} or a class name")
 
 
 def estimate(methods: dict, info: dict, n: int, units: int, options: dict | None = None) -> float:

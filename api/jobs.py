@@ -1,24 +1,32 @@
-"""/v1/jobs: submit, list, poll, results, cancel."""
+"""/v1/jobs: submit, list, poll, results, cancel, delete."""
 from __future__ import annotations
 
-from flask import Blueprint, url_for
+from flask import Blueprint, request, url_for
 
 from api import clients, intake, records, submit
+from api.errors import ApiError
 from api.openapi import doc, multipart
-from shared.schemas import JobCreated, JobList, JobSpec, ListQuery, ResultsPage, ResultsQuery
-from shared.schemas import JobStatus as JobStatusSchema
+from shared.schemas import DeleteQuery, JobCreated, JobList, JobSpec, JobView, ListQuery, ResultsPage, ResultsQuery
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
 @bp.post("")
-@doc(json=JobSpec, form=multipart({"spec": "the job spec (JobSpec) as JSON"}, files="images", required=("spec",)),
+@doc(json=JobSpec, form=multipart({"spec": "the job spec (JobSpec) as JSON; send it before the files"},
+                                  files="images", required=("spec",)),
      resp={"HTTP_202": JobCreated}, errors=(400, 404, 409, 413, 415, 422, 429), tags=["jobs"])
 def create_job():
-    """Submit a bulk job: multipart images + a `spec` field, or a JSON spec whose `inputs` name your uploads."""
-    spec, files = intake.read_spec(JobSpec)
-    job, gflop, limit = submit.submit_job(spec, files)
-    return records.created(job, "job", gflop, limit)
+    """Submit a bulk job: multipart images (streamed, any number) + a `spec` field, or a JSON spec whose
+    `inputs` name your uploads."""
+    if request.mimetype == "multipart/form-data":
+        request.max_content_length = int(clients.get().settings.max_dataset_gb * 2**30)
+        job, answer = submit.job_from_stream()
+    elif request.mimetype == "application/json":
+        spec, _ = intake.read_spec(JobSpec)
+        job, answer = submit.job_from_uploads(spec)
+    else:
+        raise ApiError(400, "send multipart/form-data with images and a 'spec' field, or a JSON body")
+    return records.created(job, "job", answer)
 
 
 @bp.get("")
@@ -30,17 +38,24 @@ def list_jobs():
 
 
 @bp.get("/<job>")
-@doc(resp={"HTTP_200": JobStatusSchema}, errors=(404,), tags=["jobs"])
+@doc(resp={"HTTP_200": JobView}, errors=(404,), tags=["jobs"])
 def get_job(job: str):
     """Status and progress of a job."""
     return records.job_state(job)
 
 
 @bp.delete("/<job>")
-@doc(resp={"HTTP_202": JobStatusSchema}, errors=(404,), tags=["jobs"])
+@doc(query=DeleteQuery, resp={"HTTP_202": JobView}, errors=(404, 409), tags=["jobs"])
 def cancel_job(job: str):
-    """Cancel: no unit starts afterwards, running units stop at their next batch, finished
-    images keep their results; the job reads `cancelled` within seconds."""
+    """Cancel: no unit starts afterwards, running units stop at once (their compute process is
+    stopped), finished images keep their results; the job reads `cancelled` within seconds.
+    `?purge=1` on a job that has ended deletes everything it stored (inputs, results, report)."""
+    if intake.read_query(DeleteQuery).purge in ("1", "true"):
+        state = records.state_of(job)
+        if not state.status.final:
+            raise ApiError(409, f"job {job} is {state.status}: cancel it first, then purge it once it has ended")
+        removed = clients.get().lifecycle.delete_objects(state.tenant, job)
+        return {**records.view(state), "purged": removed}, 200
     records.cancel(job)
     return records.job_state(job), 202
 
@@ -48,12 +63,12 @@ def cancel_job(job: str):
 @bp.get("/<job>/results")
 @doc(query=ResultsQuery, resp={"HTTP_200": ResultsPage}, errors=(404, 422), tags=["jobs"])
 def results(job: str):
-    """Per image: prediction and presigned `png` / `npy` URLs per method (`?page=1&per_page=50`)."""
-    state, manifest = records.state_and_manifest(job)
+    """Per image: prediction and signed `png` / `npy` links per method (`?page=1&per_page=50`)."""
+    state, m = records.state_and_manifest(job)
     q = intake.read_query(ResultsQuery)
     page, per_page = q.page, q.per_page
-    items, more = records.items_page(job, manifest, state.status, page, per_page)
+    items, more, extras = records.items_page(m, state.status, page, per_page)
     nxt = url_for("jobs.results", job=job, page=page + 1, per_page=per_page) if more else None
-    extras = records.extras_of(clients.get().storage, job) if page == 1 else {}
-    return {"job": job, "status": str(state.status), "page": page, "per_page": per_page,
-            "total": len(manifest["inputs"]), "items": items, "extras": extras, "next": nxt}
+    return {"job": job, "status": str(state.status), "page": page, "per_page": per_page, "total": m.inputs.count,
+            "name": m.name, "model": m.model, "model_version": m.model_version, "methods": m.methods,
+            "items": items, "extras": extras, "next": nxt}

@@ -11,6 +11,7 @@ from flask import Blueprint, request
 from api import auth, clients, intake, records
 from api.errors import ApiError
 from api.openapi import doc, multipart
+from shared.contracts import WorkItem
 from shared.schemas import ModelInfo, ModelList, ModelSpec, RegisterQuery
 from shared.storage import Keys
 
@@ -91,8 +92,8 @@ def register_model():
     versions = [v for v in (current or {}).get("versions", []) if v["version"] != version]
     info["versions"] = versions + [{"version": version, "status": "registering", "created": info["created"]}]
     c.storage.put_json(k.model(spec.name), info)
-    c.enqueue(tenant, [{"tenant": tenant, "kind": "inspect", "shared": shared, "model": spec.name,
-                        "version": version}], front=True)
+    c.enqueue(tenant, [WorkItem(tenant=tenant, kind="inspect", shared=shared, model=spec.name, version=version)],
+              front=True)
     return info, 202
 
 

@@ -1,21 +1,26 @@
-"""Reading what the service stored, for the caller's tenant only: a job's or an audit's
-state, its items with signed URLs, its per-unit pictures, a model's manifest. Another
-tenant's object answers 404 exactly like one that does not exist. Blueprints share these;
-they never import each other. `cancel` is here too, for the API and the pages alike."""
+"""Reading what the service stored, for the caller's tenant only: a job's or an audit's state
+and manifest, its items (from the units' records, with signed links to each item's files),
+single items' files by range reads of the unit's shards, a model's manifest. Another tenant's
+object answers 404 exactly like one that does not exist. Blueprints share these; they never
+import each other."""
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from flask import url_for
 
-from api import auth, clients
+from api import auth, clients, signing
 from api.errors import ApiError
+from shared.contracts import IndexPage, ItemRecord, JobManifest, UnitRecords
 from shared.jobs import JobState, JobStatus
 from shared.schemas import NAME
+from shared.shards import single_npy
 from shared.storage import Keys, Storage
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_records_cache: OrderedDict = OrderedDict()   # (tenant, job, unit) -> UnitRecords (immutable once written)
 
 
 def keys() -> Keys:
@@ -30,11 +35,12 @@ def links(job: str, kind: str = "job") -> dict:
             "page": url_for("ui.job_page", job=job)}
 
 
-def created(job: str, kind: str, gflop: float, limit: float):
+def created(job: str, kind: str, answer: dict):
     """The 202 answer to a submitted job or audit."""
     links_ = links(job, kind)
-    return ({"id": job, "status": "queued", "links": links_, "cost": {"estimate": gflop, "limit": limit}}, 202,
-            {"Location": links_["self"]})
+    return ({"id": job, "status": "queued", "links": links_,
+             "cost": {"estimate": answer["estimate"], "limit": answer["limit"]}, "skipped": answer["skipped"]},
+            202, {"Location": links_["self"]})
 
 
 def _live_state(job: str) -> JobState | None:
@@ -45,11 +51,12 @@ def _live_state(job: str) -> JobState | None:
     return state if state is not None and state.tenant == auth.current().tenant else None
 
 
-def _stored_manifest(job: str) -> dict:
+def _stored_manifest(job: str) -> JobManifest:
     """The caller's job manifest; 404 when there is none."""
     tenant = auth.current().tenant
-    m = clients.get().storage.get_json_or_none(Keys(tenant).job(job))
-    if m is None or m.get("tenant", tenant) != tenant:
+    raw = clients.get().storage.get_json_or_none(Keys(tenant).job(job))
+    m = JobManifest.model_validate(raw) if raw is not None else None
+    if m is None or m.tenant != tenant:
         raise ApiError(404, f"unknown job {job!r}")
     return m
 
@@ -59,11 +66,11 @@ def state_of(job: str) -> JobState:
     return _live_state(job) or JobState.from_manifest(_stored_manifest(job))
 
 
-def state_and_manifest(job: str) -> tuple[JobState, dict]:
+def state_and_manifest(job: str) -> tuple[JobState, JobManifest]:
     """The caller's job and its manifest, the manifest read once."""
     state = _live_state(job)
     if state is not None:
-        return state, manifest_of(job)
+        return state, _stored_manifest(job)
     m = _stored_manifest(job)
     return JobState.from_manifest(m), m
 
@@ -98,46 +105,139 @@ def recent(limit: int = 50, offset: int = 0) -> list[dict]:
 
 
 def cancel(job: str) -> None:
-    """Cancel the caller's job: no unit starts afterwards; ended here if none runs."""
+    """Cancel the caller's job (see `JobLifecycle.cancel`)."""
     state = state_of(job)
-    c = clients.get()
-    if c.jobs.cancel(job, state.tenant) == "cancelled":   # nothing ran: end it here
-        c.end_job(job, JobStatus.CANCELLED)
-    c.dispatch.drop_tenant_job(state.tenant, job)
+    clients.get().lifecycle.cancel(job, state.tenant)
 
 
-def item_of(st: Storage, k: Keys, job: str, i: int, manifest: dict, job_status: str) -> dict:
-    """An image's item.json with signed URLs of its files, or its pending/failed stand-in
-    (no request context needed: it runs in a thread pool)."""
-    item = st.get_json_or_none(k.item(job, i))
-    name = manifest["inputs"][i]["name"]
-    if item is None:
-        status = {JobStatus.CANCELLED: "cancelled", JobStatus.FAILED: "failed",
-                  JobStatus.SUCCEEDED: "failed"}.get(JobStatus(job_status), "pending")
-        why = {"cancelled": "not run: the job was cancelled", "failed": "not run: its unit failed"}.get(status)
-        return {"index": i, "name": name, "status": status, "error": why}
-    item["methods"] = {m: {"png": st.url(k.item(job, i, f"{m}.png")), "npy": st.url(k.item(job, i, f"{m}.npy"))}
-                       for m in item.get("methods", [])}
-    return item
+# --- results ------------------------------------------------------------------------------------
+
+def unit_records(m: JobManifest, unit: int, st: Storage | None = None) -> UnitRecords | None:
+    """What a unit stored (None while it has not); `st` where there is no app context (a thread)."""
+    key = (m.tenant, m.id, unit)
+    if key in _records_cache:
+        _records_cache.move_to_end(key)
+        return _records_cache[key]
+    raw = (st or clients.get().storage).get_json_or_none(Keys(m.tenant).records(m.id, unit))
+    if raw is None:
+        return None
+    rec = UnitRecords.model_validate(raw)
+    _records_cache[key] = rec
+    while len(_records_cache) > 64:
+        _records_cache.popitem(last=False)
+    return rec
 
 
-def items_page(job: str, manifest: dict, job_status: str, page: int, per_page: int) -> tuple[list[dict], bool]:
-    """The items of one page of a job's results, and whether more pages follow."""
-    st, k, total = clients.get().storage, keys(), len(manifest["inputs"])
+def index_page(m: JobManifest, page: int) -> IndexPage:
+    return IndexPage.model_validate(clients.get().storage.get_json(Keys(m.tenant).input_index(m.id, page)))
+
+
+def item_path(job: str, i: int, method: str, ext: str) -> str:
+    return url_for("results.item_file", job=job, index=i, filename=Keys.item_file(method, ext), _external=True)
+
+
+def item_view(job: str, rec: UnitRecords, item: ItemRecord, methods: list[str]) -> dict:
+    """An image's record as the API shows it: with signed links to its files."""
+    p = auth.current()
+    out = item.dump()
+    fields = out.pop("fields", {})
+    out.pop("row", None)
+    out.pop("pictures", None)
+    out.update(fields)
+    out["timings"], out["precision"], out["worker"] = rec.timings, rec.precision, rec.worker
+    out["unit"] = rec.unit
+    if item.status == "done":
+        out["methods"] = {m: {"png": signing.sign(item_path(job, item.index, m, "png"), p) if m in item.pictures
+                              else None, "npy": signing.sign(item_path(job, item.index, m, "npy"), p)}
+                          for m in methods if m in rec.maps}
+    out["input"] = signing.sign(url_for("results.item_input", job=job, index=item.index, _external=True), p)
+    return out
+
+
+def pending(i: int, name: str, job_status: str) -> dict:
+    status = {JobStatus.CANCELLED: "cancelled", JobStatus.FAILED: "failed",
+              JobStatus.SUCCEEDED: "failed"}.get(JobStatus(job_status), "pending")
+    why = {"cancelled": "not run: the job was cancelled", "failed": "not run: its unit failed"}.get(status)
+    return {"index": i, "name": name, "status": status, "error": why}
+
+
+def items_page(m: JobManifest, job_status: str, page: int, per_page: int) -> tuple[list[dict], bool, dict]:
+    """One page of a job's items, whether more pages follow, and the per-unit pictures of the
+    page's units (`{unit}/{name}` -> signed link)."""
+    total = m.inputs.count
     indices = range(min((page - 1) * per_page, total), min(page * per_page, total))
+    if not indices:
+        return [], False, {}
+    units = range(indices.start // m.unit_size, (indices.stop - 1) // m.unit_size + 1)
+    st = clients.get().storage
     with ThreadPoolExecutor(8) as pool:
-        items = list(pool.map(lambda i: item_of(st, k, job, i, manifest, job_status), indices))
-    return items, indices.stop < total
+        recs = dict(zip(units, pool.map(lambda u: unit_records(m, u, st), units)))
+    names: dict[int, str] = {}
+    if any(r is None for r in recs.values()):
+        for pg in m.inputs.pages(indices.start, len(indices)):
+            ip = index_page(m, pg)
+            names.update({ip.first + k: e.name for k, e in enumerate(ip.entries)})
+    items = []
+    for i in indices:
+        rec = recs[i // m.unit_size]
+        if rec is None:
+            items.append(pending(i, names.get(i, ""), job_status))
+        else:
+            items.append(item_view(m.id, rec, rec.items[i - rec.first], list(m.methods)))
+    p = auth.current()
+    extras = {f"{r.unit}/{name}": signing.sign(url_for("results.unit_file", job=m.id, unit=r.unit, filename=name,
+                                                       _external=True), p)
+              for r in recs.values() if r is not None for name in r.extras}
+    return items, indices.stop < total, extras
 
 
-def extras_of(st: Storage, job: str) -> dict:
-    """Signed URLs of the per-unit pictures (figures, filter visualisations), by `{unit}/{name}`."""
-    prefix = keys().units(job)
-    return {k[len(prefix):]: st.url(k) for k in st.list(prefix, limit=400) if k.endswith(".png")}
+def record_of(m: JobManifest, i: int) -> tuple[UnitRecords, ItemRecord]:
+    """The record of image i; 404 while it has none."""
+    if not 0 <= i < m.inputs.count:
+        raise ApiError(404, f"job {m.id} has no image {i} (it has {m.inputs.count})")
+    rec = unit_records(m, i // m.unit_size)
+    if rec is None:
+        raise ApiError(404, f"image {i} of job {m.id} has no results yet")
+    return rec, rec.items[i - rec.first]
 
 
-def manifest_of(job: str) -> dict:
-    return clients.get().storage.get_json(keys().job(job))
+def item_npy(m: JobManifest, i: int, method: str) -> bytes:
+    """Image i's raw map of a method as a .npy of its own (a range read of the unit's array shard)."""
+    rec, item = record_of(m, i)
+    shard = rec.maps.get(method)
+    if shard is None or item.row is None:
+        raise ApiError(404, f"image {i} has no {method} map" + (f": {item.error}" if item.error else ""))
+    start = shard.offset + item.row * shard.row_bytes
+    return single_npy(clients.get().storage.get_range(shard.key, start, start + shard.row_bytes), shard.shape)
+
+
+def item_png(m: JobManifest, i: int, method: str) -> bytes:
+    rec, item = record_of(m, i)
+    span, key = item.pictures.get(method), rec.pictures.get(method)
+    if span is None or key is None:
+        raise ApiError(404, f"image {i} has no {method} picture" + ("" if m.pictures else " (the job asked for none)"))
+    return clients.get().storage.get_range(key, span.offset, span.offset + span.length)
+
+
+def item_input(m: JobManifest, i: int) -> bytes:
+    """Image i as it was given (a range read of its shard, a kept archive's entry inflated)."""
+    from shared.shards import Read, entry_bytes
+
+    if not 0 <= i < m.inputs.count:
+        raise ApiError(404, f"job {m.id} has no image {i} (it has {m.inputs.count})")
+    page = index_page(m, i // m.inputs.page_size)
+    e = page.entries[i - page.first]
+    key = m.inputs.sources[e.source]
+    raw = clients.get().storage.get_range(key, e.offset, e.offset + e.length)
+    return entry_bytes(Read(key, e.offset, e.offset + e.length, []), raw, e, clients.get().settings.max_image_mb << 20)
+
+
+def unit_file(m: JobManifest, unit: int, name: str) -> bytes:
+    rec = unit_records(m, unit) if 0 <= unit < m.units else None
+    span = rec.extras.get(name) if rec is not None else None
+    if span is None or rec.extras_key is None:
+        raise ApiError(404, f"unit {unit} of job {m.id} has no {name[:100]!r}")
+    return clients.get().storage.get_range(rec.extras_key, span.offset, span.offset + span.length)
 
 
 def find_model(name: str) -> tuple[dict, str]:
@@ -149,3 +249,4 @@ def find_model(name: str) -> tuple[dict, str]:
             if info is not None:
                 return info, scope
     raise ApiError(404, f"unknown model {name[:64]!r}: register it with POST /v1/models (see GET /v1/models)")
+

@@ -1,108 +1,219 @@
-"""Submitting a job or an audit: everything checked (intake), then the inputs stored, the
-manifest written, the job recorded within the tenant's limits, its units queued."""
+"""Submitting a job or an audit: the spec checked against the registry, the model and the
+tenant's limits; the images stored in shards while the request streams in (or indexed where
+they already are: uploads, a kept archive); the cost estimated from the images' count and
+pixels; then the job created through its lifecycle. A request refused half-way removes what
+it stored."""
 from __future__ import annotations
 
 import math
 import time
 
-from api import auth, clients, datasets, intake
+from api import auth, clients, datasets, intake, streaming
 from api.errors import ApiError
+from api.inputs import JobInputs
+from shared.contracts import IndexPage, InputEntry, Inputs, JobManifest
 from shared.jobs import LimitExceeded
-from shared.schemas import valid_path
+from shared.schemas import AuditSpec, JobSpec, valid_path
+from shared.shards import Read, Source, entry_bytes
 from shared.storage import Keys
 
-
-def sizing(n: int, unit_size: int | None) -> tuple[int, int]:
-    """(images per unit, units) of a job of n images."""
-    size = unit_size or clients.get().settings.unit_size
-    return size, max(1, math.ceil(n / size))
+MIN_UNIT, MAX_UNIT = 8, 1024
 
 
-def record_and_queue(job: str, *, kind: str, info: dict, scope: str, methods: dict, inputs: list[dict],
-                     unit_size: int | None, gflop: float, limits: dict, manifest: dict) -> None:
-    c, tenant = clients.get(), auth.current().tenant
-    size, units = sizing(len(inputs), unit_size)
-    keys = Keys(tenant)
-    c.storage.put_json(keys.job(job), {
-        **manifest, "id": job, "kind": kind, "tenant": tenant, "model": info["name"], "model_version": info["version"],
-        "model_scope": scope, "methods": methods, "inputs": inputs, "unit_size": size, "units": units,
-        "created": time.time(), "cost": gflop,
-    })
-    try:
-        c.jobs.create(job, tenant=tenant, kind=kind, model=info["name"], model_version=info["version"],
-                      methods=methods, total=len(inputs), units=units, name=manifest.get("name"), gflop=gflop,
-                      limits={"jobs": limits["max_tenant_jobs"], "units": limits["max_tenant_units"],
-                              "gflop": limits["max_tenant_gflop"]})
-    except LimitExceeded as e:
-        intake.remove([keys.job(job)] + [i["key"] for i in inputs if i["key"].startswith(keys.inputs(job))])
-        intake.too_busy(e)
-    c.enqueue(tenant, [{"tenant": tenant, "kind": kind, "job": job, "unit": u, "first": u * size,
-                        "count": min(size, len(inputs) - u * size)} for u in range(units)])
+def unit_size(requested: int | None, per_image_gflop: float) -> int:
+    """Images per unit: as asked (the spec, else `XAIQ_UNIT_SIZE`), else sized by cost so a
+    unit is about `unit_gflop` of work."""
+    s = clients.get().settings
+    if requested or s.unit_size:
+        return requested or s.unit_size
+    return int(min(MAX_UNIT, max(MIN_UNIT, s.unit_gflop // max(per_image_gflop, 1e-9))))
 
 
-def plan(spec, info: dict, n: int, options: dict | None = None) -> tuple[float, dict]:
-    """(estimated GFLOP, the tenant's limits) of a job of n images; 4xx if too much."""
+def plan(spec, info: dict, inputs: Inputs, options: dict | None) -> tuple[int, int, float, dict]:
+    """(unit size, units, estimated GFLOP, the tenant's limits); 413/429 past a limit."""
+    n, s = inputs.count, clients.get().settings
     intake.check_count(n, "an audit" if options is not None else "a job")
-    _, units = sizing(n, spec.unit_size)
-    gflop = intake.estimate(spec.methods, info, n, units, options)
-    return gflop, intake.admit_cost(gflop, units)
+    decode = inputs.pixels / 1e6 * s.decode_gflop_per_mpixel
+    per_image = (intake.estimate(spec.methods, info, n, 1, options) + decode) / n
+    size = unit_size(spec.unit_size, per_image)
+    units = max(1, math.ceil(n / size))
+    gflop = intake.estimate(spec.methods, info, n, units, options) + decode
+    return size, units, gflop, intake.admit_cost(gflop, units)
 
 
-def submit_job(spec, files) -> tuple[str, float, float]:
-    """A job from uploaded files or from `inputs` paths; returns (id, estimate, limit)."""
-    if files and spec.inputs:
-        raise ApiError(400, "give images as files or as 'inputs' paths, not both")
-    info, scope = intake.ready_model(spec.model)
-    intake.check_methods(spec.methods, info)
-    n = len(files) if files else len(spec.inputs or [])
-    if n == 0:
-        raise ApiError(400, "no images: attach PNG/JPEG files (multipart) or list 'inputs' paths (JSON)")
-    gflop, limits = plan(spec, info, n)
-    labels = intake.resolve_labels(spec.labels, n, info["classes"])
+def create(job: str, kind: str, spec, info: dict, scope: str, inputs: Inputs, options: dict | None,
+           pictures: bool) -> dict:
+    """The job's manifest, recorded and queued; the 202 answer's body."""
+    size, units, gflop, limits = plan(spec, info, inputs, options)
+    m = JobManifest(id=job, kind=kind, tenant=auth.current().tenant, name=spec.name, model=info["name"],
+                    model_version=info["version"], model_scope=scope, methods=spec.methods, inputs=inputs,
+                    unit_size=size, units=units, pictures=pictures, options=options, created=time.time(),
+                    cost=gflop)
+    try:
+        clients.get().lifecycle.create(m, limits)
+    except LimitExceeded as e:
+        intake.too_busy(e)
+    return {"estimate": gflop, "limit": limits["max_job_gflop"], "skipped": [s.dump() for s in inputs.skipped]}
+
+
+def label_function(labels: list | None, classes: list[str]):
+    """The label of the image at a position (checked as it is asked for)."""
+    if labels is None:
+        return None
+
+    def label_of(i: int) -> int:
+        if i >= len(labels):
+            raise ApiError(422, f"labels: {len(labels)} given, but there are more images; give one per image")
+        return intake.resolve_label(labels[i], i, classes)
+    return label_of
+
+
+def relabel(inputs: Inputs, keys: Keys, job: str, label_of) -> None:
+    """Labels that came after the images (a spec sent last): written into the index pages."""
+    st = clients.get().storage
+    for page in range(math.ceil(inputs.count / inputs.page_size)):
+        p = IndexPage.model_validate_json(st.get(keys.input_index(job, page)))
+        for k, e in enumerate(p.entries):
+            e.label = label_of(p.first + k)
+        st.put(keys.input_index(job, page), p.model_dump_json(exclude_none=True).encode(), "application/json")
+
+
+def job_from_stream() -> tuple[str, dict]:
+    """A multipart job: a `spec` field (best first) and image files of any field name."""
     job, keys = intake.new_id(), Keys(auth.current().tenant)
-    if files:
-        names = [(f.filename or f"image-{i}")[:200] for i, f in enumerate(files)]
-        stored = intake.store_checked(((name, f.read) for name, f in zip(names, files)),
-                                      lambda i, _: keys.input(job, i))
-        inputs = [{"name": name, "key": key} for name, key in zip(names, stored)]
-    else:
-        inputs = intake.upload_keys(spec.inputs)
-    record_and_queue(job, kind="job", info=info, scope=scope, methods=spec.methods, inputs=inputs,
-                     unit_size=spec.unit_size, gflop=gflop, limits=limits, manifest={"name": spec.name, "labels": labels})
-    return job, gflop, limits["max_job_gflop"]
-
-
-def audit_inputs(spec, upload, classes: list[str], keys: Keys) -> tuple[list, list[int], object]:
-    """(entries, class indices, how to store them): a zip's entries, or a folder of uploads."""
+    spec = info = scope = intake_ = None
     c = clients.get()
-    if upload is not None:
-        entries, z = datasets.zip_entries(upload.stream, 4 * c.settings.max_upload_mb * 2**20)
-    else:
-        entries, z = datasets.upload_entries(c.storage, keys, spec.dataset), None
-    intake.check_count(len(entries), "an audit")
-    return entries, [datasets.class_index(folder, classes) for folder, _, _ in entries], z
+    try:
+        for part in streaming.parts(c.settings.max_images_per_job + 16):
+            if part.filename is None:
+                if part.name != "spec":
+                    raise ApiError(400, f"unknown form field {part.name[:50]!r}: send a 'spec' field and image files")
+                spec = intake.parse_spec(JobSpec, part.read(c.settings.max_json_mb << 20), "the 'spec' field")
+                info, scope = intake.job_model(spec)
+                if spec.inputs:
+                    raise ApiError(400, "give images as files or as 'inputs' paths, not both")
+                if intake_ is not None and intake_.writer.count:
+                    continue
+                intake_ = intake_ or JobInputs(job, keys, spec.skip_invalid)
+                intake_.label_of = label_function(spec.labels, info["classes"])
+            else:
+                intake_ = intake_ or JobInputs(job, keys, False)
+                intake_.add(part.filename or f"image-{intake_.writer.count}", part.read(c.settings.max_image_mb << 20))
+        if spec is None:
+            raise ApiError(400, "multipart requests need a form field 'spec' holding the JSON spec")
+        if intake_ is None:
+            raise ApiError(400, "no images: attach PNG/JPEG files (multipart) or list 'inputs' paths (JSON)")
+        inputs = intake_.close()
+        late = label_function(spec.labels, info["classes"])
+        if spec.labels is not None and len(spec.labels) != inputs.count:
+            raise ApiError(422, f"labels: {len(spec.labels)} given for {inputs.count} images; give one per image or none")
+        if late is not None and intake_.label_of is None:
+            relabel(inputs, keys, job, late)
+        return job, create(job, "job", spec, info, scope, inputs, None, spec.pictures)
+    except BaseException:
+        if intake_ is not None:
+            intake_.abort()
+        raise
 
 
-def submit_audit(spec, upload) -> tuple[str, float, float]:
-    """An audit of an uploaded zip or a folder of the tenant's uploads; returns (id, estimate, limit)."""
-    if (upload is None) == (spec.dataset is None):
-        raise ApiError(400, "give the dataset as a 'dataset' zip file (multipart) or as a 'dataset' folder of "
+def job_from_uploads(spec: JobSpec) -> tuple[str, dict]:
+    """A JSON job whose `inputs` name the tenant's uploads (nothing is copied)."""
+    info, scope = intake.job_model(spec)
+    paths = spec.inputs or []
+    bad = [p for p in paths if not valid_path(p)]
+    if bad:
+        raise ApiError(422, f"inputs: {len(bad)} invalid path(s): paths are like 'folder/name.png' in your uploads "
+                            "(letters, digits, '.', '_', '-'; no '..')", [str(b)[:200] for b in bad[:20]])
+    if not paths:
+        raise ApiError(400, "no images: attach PNG/JPEG files (multipart) or list 'inputs' paths (JSON)")
+    intake.check_count(len(paths))
+    if spec.labels is not None and len(spec.labels) != len(paths):
+        raise ApiError(422, f"labels: {len(spec.labels)} given for {len(paths)} images; give one per image or none")
+    job, keys = intake.new_id(), Keys(auth.current().tenant)
+    found = datasets.upload_sources(paths, keys)
+    label_of = label_function(spec.labels, info["classes"])
+    inputs = JobInputs(job, keys, spec.skip_invalid)
+    try:
+        for i, (p, (where, pixels)) in enumerate(zip(paths, found)):
+            inputs.refer(p.rsplit("/", 1)[-1], where, label_of(i) if label_of else None, pixels)
+        return job, create(job, "job", spec, info, scope, inputs.close(), None, spec.pictures)
+    except BaseException:
+        inputs.abort()
+        raise
+
+
+def audit_from_stream() -> tuple[str, dict]:
+    """A multipart audit: a `spec` field first, then a `dataset` archive (zip or tar), kept whole."""
+    c = clients.get()
+    job, keys = intake.new_id(), Keys(auth.current().tenant)
+    spec = info = scope = None
+    inputs = None
+    try:
+        for part in streaming.parts(16):
+            if part.filename is None and part.name == "spec":
+                spec = intake.parse_spec(AuditSpec, part.read(c.settings.max_json_mb << 20), "the 'spec' field")
+                info, scope = intake.job_model(spec)
+                if spec.dataset is not None:
+                    raise ApiError(400, "give the dataset as a 'dataset' file or as a 'dataset' folder, not both")
+            elif part.name == "dataset" and part.filename is not None:
+                if spec is None:
+                    raise ApiError(400, "send the 'spec' field before the 'dataset' file")
+                with part.spool(int(c.settings.max_dataset_gb * 2**30)) as f:
+                    inputs = archive_inputs(job, keys, spec, info, f, part.filename)
+            else:
+                raise ApiError(400, f"unknown form field {part.name[:50]!r}: send a 'spec' field and a 'dataset' file")
+        if spec is None or inputs is None:
+            raise ApiError(400, "send a 'spec' field and a 'dataset' archive (zip or tar, one folder per class)")
+        return job, create(job, "audit", spec, info, scope, inputs, spec.options.model_dump(), spec.pictures)
+    except BaseException:
+        JobInputs(job, keys).abort()
+        raise
+
+
+def archive_inputs(job: str, keys: Keys, spec: AuditSpec, info: dict, f, filename: str) -> Inputs:
+    """Index a spooled archive (each image's header checked), then keep it whole."""
+    c = clients.get()
+    size = f.seek(0, 2)
+    f.seek(0)
+    kind, entries = datasets.archive_entries(f, size, filename)
+    names = datasets.class_paths([e.path for e in entries])
+    key = keys.input_archive(job, kind)
+    inputs = JobInputs(job, keys, spec.skip_invalid)
+    for e, (folder, name) in zip(entries, names):
+        label = datasets.class_index(folder, info["classes"])
+        f.seek(e.offset)
+        raw = f.read(e.length)
+        try:
+            data = entry_bytes(Read(key, e.offset, e.offset + e.length, []), raw,
+                               InputEntry(name=name, source=0, offset=e.offset, length=e.length, deflated=e.deflated),
+                               c.settings.max_image_mb << 20)
+            _, pixels = streaming.probe_image(f"{folder}/{name}", data, c.settings.max_image_pixels)
+        except (ApiError, ValueError) as err:
+            inputs.skip(f"{folder}/{name}", err.message if isinstance(err, ApiError) else str(err))
+            continue
+        inputs.refer(f"{folder}/{name}", Source(key, e.offset, e.length, e.deflated), label, pixels)
+    result = inputs.close()
+    f.seek(0)
+    c.storage.put_stream(key, f, size, "application/zip" if kind == "zip" else "application/x-tar")
+    return result
+
+
+def audit_from_uploads(spec: AuditSpec) -> tuple[str, dict]:
+    """A JSON audit of a folder of the tenant's uploads laid out {folder}/{class}/{image}."""
+    if spec.dataset is None:
+        raise ApiError(400, "give the dataset as a 'dataset' zip or tar file (multipart) or as a 'dataset' folder of "
                             "your uploads (JSON)")
-    if spec.dataset is not None and not valid_path(spec.dataset.strip("/")):
+    if not valid_path(spec.dataset.strip("/")):
         raise ApiError(422, "dataset: a folder of your uploads, like 'sets/val' (letters, digits, '.', '_', '-')")
-    info, scope = intake.ready_model(spec.model)
-    intake.check_methods(spec.methods, info)
-    audit, keys = intake.new_id(), Keys(auth.current().tenant)
-    entries, labels, z = audit_inputs(spec, upload, info["classes"], keys)
-    options = spec.options.model_dump()
-    gflop, limits = plan(spec, info, len(entries), options)
-    names = [f"{folder}/{name}" for folder, name, _ in entries]
-    if z is not None:
-        stored = intake.store_checked(((n, lambda e=e: datasets.read_entry(z, e[2])) for n, e in zip(names, entries)),
-                                      lambda i, _: keys.input(audit, i))
-    else:
-        stored = [key for _, _, key in entries]
-    record_and_queue(audit, kind="audit", info=info, scope=scope, methods=spec.methods,
-                     inputs=[{"name": n, "key": k} for n, k in zip(names, stored)], unit_size=spec.unit_size,
-                     gflop=gflop, limits=limits, manifest={"name": spec.name, "truth": labels, "options": options})
-    return audit, gflop, limits["max_job_gflop"]
+    info, scope = intake.job_model(spec)
+    job, keys = intake.new_id(), Keys(auth.current().tenant)
+    tree = datasets.class_tree(clients.get().storage, keys, spec.dataset.strip("/"))
+    intake.check_count(len(tree), "an audit")
+    inputs = JobInputs(job, keys, spec.skip_invalid)
+    try:
+        for folder, name, where, pixels in tree:
+            inputs.refer(f"{folder}/{name}", where, datasets.class_index(folder, info["classes"]), pixels)
+        return job, create(job, "audit", spec, info, scope, inputs.close(), spec.options.model_dump(), spec.pictures)
+    except BaseException:
+        inputs.abort()
+        raise

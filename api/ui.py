@@ -71,14 +71,12 @@ def jobs_page():
 def job_page(job: str):
     """A job's images beside their maps (HTML)."""
     state, manifest = records.state_and_manifest(job)
-    st = clients.get().storage
     page = intake.read_query(PageQuery).page
-    items, more = records.items_page(job, manifest, state.status, page, per_page=24)
+    items, more, extras = records.items_page(manifest, state.status, page, per_page=24)
     for item in items:
-        item["input_url"] = st.url(manifest["inputs"][item["index"]]["key"])
+        item["input_url"] = item.get("input") or url_for("results.item_input", job=job, index=item["index"])
     return render_template("job.html", job=records.view(state), items=items, methods=list(state.methods),
-                           extras=records.extras_of(st, job), page=page, more=more,
-                           cancellable=not state.status.final)
+                           extras=extras, page=page, more=more, cancellable=not state.status.final)
 
 
 @bp.post("/ui/jobs/<job>/cancel")

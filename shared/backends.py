@@ -1,6 +1,5 @@
 """The connections every xaiq process holds (object storage, the job store, the dispatcher,
-the tenants, Celery), and the operations that need several of them: queueing work,
-ending a job, reaping lapsed leases."""
+the tenants, Celery), the job lifecycle built on them, queueing work and the reaper."""
 from __future__ import annotations
 
 import logging
@@ -12,11 +11,14 @@ from functools import cached_property
 
 from celery import Celery
 
+from shared.contracts import WorkItem
 from shared.dispatch import Dispatcher
-from shared.jobs import JobState, JobStatus, JobStore
-from shared.messaging import WORK, make_celery
+from shared.jobs import JobStore
+from shared.lifecycle import JobLifecycle
+from shared.messaging import WORK, make_celery, queued_tokens
+from shared.redis_keys import RedisKeys
 from shared.settings import Settings
-from shared.storage import Keys, Storage, storage
+from shared.storage import Storage, storage
 from shared.tenants import Tenants
 
 log = logging.getLogger("xaiq")
@@ -32,12 +34,20 @@ class Backends:
         return storage(self.settings, self.patient)  # one per process, also after a fork
 
     @cached_property
+    def keys(self) -> RedisKeys:
+        return RedisKeys(self.settings.redis_prefix)
+
+    @cached_property
     def jobs(self) -> JobStore:
         return JobStore(self.settings, patient=self.patient)
 
     @cached_property
     def dispatch(self) -> Dispatcher:
-        return Dispatcher(self.jobs.r)
+        return Dispatcher(self.jobs.r, self.keys)
+
+    @cached_property
+    def lifecycle(self) -> JobLifecycle:
+        return JobLifecycle(self)
 
     @cached_property
     def tenants(self) -> Tenants:
@@ -55,48 +65,24 @@ class Backends:
             for _ in range(n):
                 self.celery.send_task(WORK, producer=producer)
 
-    def enqueue(self, tenant: str, items: list[dict], front: bool = False) -> None:
+    def enqueue(self, tenant: str, items: list[WorkItem], front: bool = False) -> None:
         self.dispatch.push(tenant, items, front)
         self.send_tokens(len(items))
-
-    def record(self, state: JobState) -> None:
-        """Copy a job's state into its manifest, the durable record."""
-        key = Keys(state.tenant).job(state.id)
-        manifest = self.storage.get_json(key)
-        d = state.to_dict()
-        manifest.update({k: d[k] for k in JobState.FIELDS})
-        self.storage.put_json(key, manifest)
-
-    def end_job(self, job: str, status: JobStatus | None = None, error: str | None = None) -> JobState | None:
-        """The one way a job ends: its final status in Redis (once, whoever calls), then in its
-        manifest. `status` None: failed if any image failed, else succeeded."""
-        state = self.jobs.get(job)
-        if state is None:
-            return None
-        if not state.status.final:
-            status = status or (JobStatus.FAILED if state.progress.failed else JobStatus.SUCCEEDED)
-            self.jobs.set_final(job, state.tenant, status, error)
-            state = self.jobs.get(job)
-        self.record(state)
-        log.info("job %s %s: %s", job, state.status, state.progress)
-        return state
 
     def reap(self) -> dict[str, int]:
         """One reaper pass, by one process at a time: items with lapsed leases queued again,
         lost tokens replaced, cancelled jobs whose units went silent ended."""
         ttl_ms = int(self.settings.reap_every_s * 900)
-        if not self.jobs.r.set("xaiq:reaper", os.getpid(), nx=True, px=ttl_ms):
+        if not self.jobs.r.set(self.keys.reaper, os.getpid(), nx=True, px=ttl_ms):
             return {}
         requeued = self.dispatch.reap()
-        missing = self.dispatch.waiting() - self.jobs.r.llen(self.settings.queue)
+        missing = self.dispatch.waiting() - queued_tokens(self.celery, self.settings.queue)
         self.send_tokens(missing)
-        stuck = self.jobs.stuck_cancels(self.settings.cancel_grace_s)
-        for job in stuck:
-            self.end_job(job, JobStatus.CANCELLED)
+        stuck = self.lifecycle.end_stuck_cancels()
         if requeued or missing > 0 or stuck:
             log.warning("reaper: %d item(s) queued again, %d token(s) sent, %d cancel(s) ended",
-                        requeued, max(0, missing), len(stuck))
-        return {"requeued": requeued, "tokens": max(0, missing), "cancelled": len(stuck)}
+                        requeued, max(0, missing), stuck)
+        return {"requeued": requeued, "tokens": max(0, missing), "cancelled": stuck}
 
 
 def start_reaper(b: Backends) -> threading.Thread:

@@ -17,17 +17,13 @@ import time
 
 import redis
 
-ACTIVE = "xaiq:active"     # tenants with waiting items, in turn order
-LEASES = "xaiq:leases"     # item -> lease expiry (unix time)
+from shared.contracts import WorkItem
+from shared.redis_keys import RedisKeys
 
 
-def pending_key(tenant: str) -> str:
-    return f"xaiq:pending:{tenant}"
-
-
-def item_json(item: dict) -> str:
+def item_json(item: WorkItem) -> str:
     """The one spelling of an item (it is also its lease's member)."""
-    return json.dumps(item, sort_keys=True, separators=(",", ":"))
+    return json.dumps(item.dump(), sort_keys=True, separators=(",", ":"))
 
 
 _PUSH = """
@@ -40,11 +36,11 @@ return #ARGV - 2
 """
 
 _TAKE = """
--- KEYS: active, leases; ARGV: now, lease_s. The next tenant's oldest item, leased.
+-- KEYS: active, leases; ARGV: now, lease_s, prefix of the tenants' lists. The next tenant's oldest item, leased.
 for _ = 1, redis.call('LLEN', KEYS[1]) do
   local tenant = redis.call('LPOP', KEYS[1])
   if not tenant then return false end
-  local list = 'xaiq:pending:' .. tenant
+  local list = ARGV[3] .. tenant
   local item = redis.call('LPOP', list)
   if redis.call('LLEN', list) > 0 then redis.call('RPUSH', KEYS[1], tenant) end
   if item then
@@ -56,68 +52,70 @@ return false
 """
 
 _REAP = """
--- KEYS: active, leases; ARGV: now. Items whose lease lapsed go back to the front of their list.
+-- KEYS: active, leases; ARGV: now, prefix of the tenants' lists. Items whose lease lapsed go back to
+-- the front of their list (a job's own state is not touched here: its unit runs again and is
+-- counted once; a cancelled job whose unit went silent is ended by the lifecycle's reaper).
 local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 500)
 for _, item in ipairs(lapsed) do
   redis.call('ZREM', KEYS[2], item)
   local it = cjson.decode(item)
-  if it.job and it.unit then redis.call('SREM', 'xaiq:job:' .. it.job .. ':running', tostring(it.unit)) end
-  redis.call('LPUSH', 'xaiq:pending:' .. it.tenant, item)
+  redis.call('LPUSH', ARGV[2] .. it.tenant, item)
   if not redis.call('LPOS', KEYS[1], it.tenant) then redis.call('RPUSH', KEYS[1], it.tenant) end
 end
 return #lapsed
 """
 
 _WAITING = """
--- KEYS: active. Items waiting in all tenants' lists.
+-- KEYS: active; ARGV: prefix of the tenants' lists. Items waiting in all tenants' lists.
 local n = 0
-for _, tenant in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do n = n + redis.call('LLEN', 'xaiq:pending:' .. tenant) end
+for _, tenant in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do n = n + redis.call('LLEN', ARGV[1] .. tenant) end
 return n
 """
 
 
 class Dispatcher:
-    def __init__(self, r: redis.Redis):
-        self.r = r
+    def __init__(self, r: redis.Redis, keys: RedisKeys = RedisKeys()):
+        self.r, self.k = r, keys
         self._push = r.register_script(_PUSH)
         self._take = r.register_script(_TAKE)
         self._reap = r.register_script(_REAP)
         self._waiting = r.register_script(_WAITING)
 
-    def push(self, tenant: str, items: list[dict], front: bool = False) -> int:
+    def push(self, tenant: str, items: list[WorkItem], front: bool = False) -> int:
         """Queue items of one tenant (in order; `front`: before its waiting items)."""
         for i in range(0, len(items), 1000):
             chunk = items[i:i + 1000]
-            self._push(keys=[pending_key(tenant), ACTIVE],
+            self._push(keys=[self.k.pending(tenant), self.k.active],
                        args=[tenant, int(front), *[item_json(it) for it in (reversed(chunk) if front else chunk)]])
         return len(items)
 
-    def take(self, lease_s: float) -> dict | None:
+    def take(self, lease_s: float) -> WorkItem | None:
         """The next item in fair order, leased for `lease_s`; None when nothing waits."""
-        raw = self._take(keys=[ACTIVE, LEASES], args=[time.time(), lease_s])
-        return json.loads(raw) if raw else None
+        raw = self._take(keys=[self.k.active, self.k.leases], args=[time.time(), lease_s, self.k.pending_prefix])
+        return WorkItem.model_validate_json(raw) if raw else None
 
-    def renew(self, item: dict, lease_s: float) -> bool:
+    def renew(self, item: WorkItem, lease_s: float) -> bool:
         """Extend a held lease; False if it lapsed meanwhile (the item was queued again)."""
-        return bool(self.r.zadd(LEASES, {item_json(item): time.time() + lease_s}, xx=True, ch=True)) or \
-            self.r.zscore(LEASES, item_json(item)) is not None
+        member = item_json(item)
+        return bool(self.r.zadd(self.k.leases, {member: time.time() + lease_s}, xx=True, ch=True)) or \
+            self.r.zscore(self.k.leases, member) is not None
 
-    def release(self, item: dict) -> None:
-        self.r.zrem(LEASES, item_json(item))
+    def release(self, item: WorkItem) -> None:
+        self.r.zrem(self.k.leases, item_json(item))
 
     def reap(self) -> int:
         """Queue again every item whose lease lapsed; returns how many (send that many tokens)."""
-        return int(self._reap(keys=[ACTIVE, LEASES], args=[time.time()]))
+        return int(self._reap(keys=[self.k.active, self.k.leases], args=[time.time(), self.k.pending_prefix]))
 
     def waiting(self) -> int:
-        return int(self._waiting(keys=[ACTIVE]))
+        return int(self._waiting(keys=[self.k.active], args=[self.k.pending_prefix]))
 
     def leased(self) -> int:
-        return int(self.r.zcard(LEASES))
+        return int(self.r.zcard(self.k.leases))
 
     def drop_tenant_job(self, tenant: str, job: str) -> int:
         """Remove a cancelled job's waiting items (they would be skipped anyway)."""
-        key = pending_key(tenant)
+        key = self.k.pending(tenant)
         pipe = self.r.pipeline(transaction=False)   # one round trip, however many units the job has
         for raw in self.r.lrange(key, 0, -1):
             if json.loads(raw).get("job") == job:

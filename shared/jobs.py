@@ -17,6 +17,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from shared.contracts import JobManifest, Progress
+from shared.redis_keys import RedisKeys
 from shared.settings import Settings
 
 TTL_S = 7 * 24 * 3600  # live state of a finished job; the manifest in storage stays
@@ -54,13 +56,6 @@ class Finish(StrEnum):
 
 
 @dataclass
-class Progress:
-    total: int
-    done: int = 0
-    failed: int = 0
-
-
-@dataclass
 class JobState:
     """The one shape of a job's state, from Redis or from its manifest."""
 
@@ -79,30 +74,26 @@ class JobState:
     error: str | None = None
     cost: float = 0.0
 
-    FIELDS = ("status", "progress", "started", "finished", "error")  # what ending a job writes to its manifest
-
     @classmethod
     def from_hash(cls, job: str, h: dict) -> "JobState":
         num = lambda k: float(h[k]) if h.get(k) else None  # noqa: E731
         return cls(id=job, kind=h.get("kind", "job"), tenant=h.get("tenant", ""), status=JobStatus(h["status"]),
                    model=h["model"], methods=json.loads(h["methods"]),
-                   progress=Progress(int(h["total"]), int(h["done"]), int(h["failed"])), created=float(h["created"]),
+                   progress=Progress(total=int(h["total"]), done=int(h["done"]), failed=int(h["failed"])), created=float(h["created"]),
                    name=h.get("name") or None, model_version=h.get("model_version") or None,
                    started=num("started"), finished=num("finished"), error=h.get("error") or None,
                    cost=float(h.get("cost") or 0))
 
     @classmethod
-    def from_manifest(cls, m: dict) -> "JobState":
-        p = m.get("progress") or {"total": len(m["inputs"])}
-        return cls(id=m["id"], kind=m.get("kind", "job"), tenant=m.get("tenant", ""),
-                   status=JobStatus(m.get("status", "queued")), model=m["model"], methods=m["methods"],
-                   progress=Progress(**p), created=m["created"], name=m.get("name"),
-                   model_version=m.get("model_version"), started=m.get("started"), finished=m.get("finished"),
-                   error=m.get("error"), cost=m.get("cost", 0.0))
+    def from_manifest(cls, m: JobManifest) -> "JobState":
+        return cls(id=m.id, kind=m.kind, tenant=m.tenant, status=JobStatus(m.status), model=m.model,
+                   methods=m.methods, progress=m.progress or Progress(total=m.inputs.count), created=m.created,
+                   name=m.name, model_version=m.model_version, started=m.started, finished=m.finished,
+                   error=m.error, cost=m.cost)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["status"] = str(self.status)
+        d["status"], d["progress"] = str(self.status), self.progress.dump()
         return d
 
 
@@ -119,13 +110,13 @@ local function is_final(st) return st == 'succeeded' or st == 'failed' or st == 
 """
 
 # Shared Lua: end a job in a final status once. KEYS: hash, units, running, attempts, usage,
-# cancelling. The tenant's usage drops what the job still held; the keys expire.
+# cancelling, stats. The tenant's usage drops what the job still held; the keys expire.
 _END = _IS_FINAL + """
 local function finish(keys, job, status, now, err)
   if is_final(redis.call('HGET', keys[1], 'status')) then return false end
   redis.call('HSET', keys[1], 'status', status, 'finished', now)
   if err ~= '' and redis.call('HEXISTS', keys[1], 'error') == 0 then redis.call('HSET', keys[1], 'error', err) end
-  redis.call('HINCRBYFLOAT', 'xaiq:stats', 'jobs_' .. status, 1)
+  redis.call('HINCRBYFLOAT', keys[7], 'jobs_' .. status, 1)
   local left = tonumber(redis.call('HGET', keys[1], 'cost_left') or '0')
   if left > 0 then redis.call('HINCRBYFLOAT', keys[5], 'gflop', -left) end
   redis.call('HSET', keys[1], 'cost_left', 0)
@@ -169,7 +160,8 @@ return 'run'
 """
 
 _FINISH = _END + """
--- KEYS: hash, units, running, attempts, usage, cancelling; ARGV: job, unit, done, failed, error, now, skipped, seconds
+-- KEYS: hash, units, running, attempts, usage, cancelling, stats; ARGV: job, unit, done, failed, error, now,
+-- skipped, seconds
 redis.call('SREM', KEYS[3], ARGV[2])
 local ended = is_final(redis.call('HGET', KEYS[1], 'status'))
 if redis.call('SADD', KEYS[2], ARGV[2]) == 1 and not ended then
@@ -181,9 +173,9 @@ if redis.call('SADD', KEYS[2], ARGV[2]) == 1 and not ended then
     redis.call('HINCRBY', KEYS[1], 'done', ARGV[3])
     redis.call('HINCRBY', KEYS[1], 'failed', ARGV[4])
     if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[1], 'error') == 0 then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
-    redis.call('HINCRBYFLOAT', 'xaiq:stats', 'units', 1)
-    redis.call('HINCRBYFLOAT', 'xaiq:stats', 'images', ARGV[3])
-    redis.call('HINCRBYFLOAT', 'xaiq:stats', 'unit_seconds', ARGV[8])
+    redis.call('HINCRBYFLOAT', KEYS[7], 'units', 1)
+    redis.call('HINCRBYFLOAT', KEYS[7], 'images', ARGV[3])
+    redis.call('HINCRBYFLOAT', KEYS[7], 'unit_seconds', ARGV[8])
   end
 end
 if ended then return '' end
@@ -199,7 +191,7 @@ return ''
 """
 
 _CANCEL = _END + """
--- KEYS: hash, units, running, attempts, usage, cancelling; ARGV: job, now
+-- KEYS: hash, units, running, attempts, usage, cancelling, stats; ARGV: job, now
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
 local st = redis.call('HGET', KEYS[1], 'status')
 if is_final(st) then return st end
@@ -215,16 +207,10 @@ return 'cancelling'
 """
 
 _SET_FINAL = _END + """
--- KEYS: hash, units, running, attempts, usage, cancelling; ARGV: job, status, now, error
+-- KEYS: hash, units, running, attempts, usage, cancelling, stats; ARGV: job, status, now, error
 if finish(KEYS, ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return 1 end
 return 0
 """
-
-
-def job_keys(job: str, tenant: str) -> list[str]:
-    """Hash, units accounted for, running units, starts per unit, the tenant's usage, the cancels in flight."""
-    h = f"xaiq:job:{job}"
-    return [h, f"{h}:units", f"{h}:running", f"{h}:attempts", f"xaiq:usage:{tenant}", "xaiq:cancelling"]
 
 
 def redis_client(s: Settings, patient: bool) -> redis.Redis:
@@ -237,13 +223,25 @@ def redis_client(s: Settings, patient: bool) -> redis.Redis:
 
 
 class JobStore:
+    """A job's live state in Redis (every transition one Lua script) and the tenants' usage.
+    Callers go through `shared.lifecycle.JobLifecycle`, which adds what storage and the
+    dispatcher must do at each step."""
+
     def __init__(self, s: Settings, client: redis.Redis | None = None, patient: bool = False):
         self.r = client or redis_client(s, patient)
+        self.k = RedisKeys(s.redis_prefix)
         self._admit = self.r.register_script(_ADMIT)
         self._start = self.r.register_script(_START)
         self._finish = self.r.register_script(_FINISH)
         self._cancel = self.r.register_script(_CANCEL)
         self._set_final = self.r.register_script(_SET_FINAL)
+
+    def keys_of(self, job: str, tenant: str) -> list[str]:
+        """Hash, units accounted for, running units, starts per unit, the tenant's usage, the
+        cancels in flight, the service's counters (the KEYS of the scripts that end a job)."""
+        k = self.k
+        return [k.job(job), k.job_units(job), k.job_running(job), k.job_attempts(job), k.usage(tenant),
+                k.cancelling, k.stats]
 
     def create(self, job: str, *, tenant: str, kind: str, model: str, methods: dict, total: int, units: int,
                name: str | None = None, model_version: str = "", gflop: float = 0.0,
@@ -254,8 +252,7 @@ class JobStore:
         fields = {"kind": kind, "tenant": tenant, "model": model, "model_version": model_version,
                   "methods": json.dumps(methods), "name": name or "", "status": JobStatus.QUEUED.value,
                   "total": total, "done": 0, "failed": 0, "units": units, "created": time.time(), "cost": gflop}
-        keys = job_keys(job, tenant)
-        out = self._admit(keys=[keys[0], keys[4], f"xaiq:tenant:{tenant}:jobs"],
+        out = self._admit(keys=[self.k.job(job), self.k.usage(tenant), self.k.tenant_jobs(tenant)],
                           args=[job, fields["created"], json.dumps(fields), units, repr(float(gflop)),
                                 lim["jobs"], lim["units"], repr(float(lim["gflop"]))])
         if out[0] != "ok":
@@ -263,41 +260,42 @@ class JobStore:
         self.count(**{f"{kind}s_submitted": 1})
 
     def get(self, job: str) -> JobState | None:
-        h = self.r.hgetall(f"xaiq:job:{job}")
+        h = self.r.hgetall(self.k.job(job))
         return JobState.from_hash(job, h) if h.get("status") else None
 
     def ids(self, tenant: str, offset: int = 0, limit: int = 50) -> list[str]:
         """The tenant's jobs and audits, newest first."""
-        return self.r.zrevrange(f"xaiq:tenant:{tenant}:jobs", offset, offset + limit - 1)
+        return self.r.zrevrange(self.k.tenant_jobs(tenant), offset, offset + limit - 1)
 
     def start_unit(self, job: str, tenant: str, unit: int, max_attempts: int = 1000) -> Start:
-        h, _, running, attempts, *_ = job_keys(job, tenant)
-        return Start(self._start(keys=[h, running, attempts], args=[unit, time.time(), max_attempts]))
+        k = self.k
+        return Start(self._start(keys=[k.job(job), k.job_running(job), k.job_attempts(job)],
+                                 args=[unit, time.time(), max_attempts]))
 
     def finish_unit(self, job: str, tenant: str, unit: int, done: int, failed: int, error: str = "",
                     skipped: bool = False, seconds: float = 0.0) -> Finish:
         """Accounts the unit once (its images only if it ran: not `skipped`)."""
-        return Finish(self._finish(keys=job_keys(job, tenant), args=[
+        return Finish(self._finish(keys=self.keys_of(job, tenant), args=[
             job, unit, done, failed, error[:2000], time.time(), int(skipped), seconds]))
 
     def cancel(self, job: str, tenant: str) -> str:
         """'cancelled' (ended now), 'cancelling' (units still run), a final status, or 'missing'."""
-        return self._cancel(keys=job_keys(job, tenant), args=[job, time.time()])
+        return self._cancel(keys=self.keys_of(job, tenant), args=[job, time.time()])
 
     def cancelled(self, job: str) -> bool:
-        return self.r.hget(f"xaiq:job:{job}", "cancel") == "1"
+        return self.r.hget(self.k.job(job), "cancel") == "1"
 
     def stuck_cancels(self, older_than_s: float) -> list[str]:
         """Cancelled jobs whose running units have not reported for `older_than_s`."""
-        return self.r.zrangebyscore("xaiq:cancelling", 0, time.time() - older_than_s)
+        return self.r.zrangebyscore(self.k.cancelling, 0, time.time() - older_than_s)
 
     def set_final(self, job: str, tenant: str, status: JobStatus, error: str | None = None) -> bool:
         """End the job in `status` unless it already ended (then False)."""
-        return bool(self._set_final(keys=job_keys(job, tenant), args=[job, str(status), time.time(),
-                                                                       (error or "")[:2000]]))
+        return bool(self._set_final(keys=self.keys_of(job, tenant), args=[job, str(status), time.time(),
+                                                                           (error or "")[:2000]]))
 
     def usage(self, tenant: str) -> dict[str, float]:
-        u = self.r.hgetall(f"xaiq:usage:{tenant}")
+        u = self.r.hgetall(self.k.usage(tenant))
         return {"jobs": int(u.get("jobs", 0)), "units": int(u.get("units", 0)),
                 "gflop": max(0.0, round(float(u.get("gflop", 0)), 3))}
 
@@ -305,11 +303,11 @@ class JobStore:
     def count(self, **amounts: float) -> None:
         pipe = self.r.pipeline()
         for field, amount in amounts.items():
-            pipe.hincrbyfloat("xaiq:stats", field, amount)
+            pipe.hincrbyfloat(self.k.stats, field, amount)
         pipe.execute()
 
     def stats(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.r.hgetall("xaiq:stats").items()}
+        return {k: float(v) for k, v in self.r.hgetall(self.k.stats).items()}
 
     def ping(self) -> None:
         self.r.ping()

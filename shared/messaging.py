@@ -38,3 +38,9 @@ def make_celery(s: Settings) -> Celery:
         task_send_sent_event=True,
     )
     return app
+
+
+def queued_tokens(app: Celery, queue: str) -> int:
+    """Messages waiting in the queue, as the broker counts them (kombu's passive declare)."""
+    with app.connection_for_write() as conn:
+        return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)

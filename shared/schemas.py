@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from shared import methods as registry
+from shared.contracts import Progress, Skipped
 from shared.formats import ARCHITECTURES, BUILTIN_ARCHITECTURES
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -56,7 +57,11 @@ class JobSpec(Strict):
     inputs: list[str] | None = Field(
         default=None, description="JSON body only: paths of images stored with POST /v1/uploads, e.g. 'set1/a.png'")
     name: str | None = Field(default=None, max_length=200, description="a label for the job")
-    unit_size: int | None = Field(default=None, ge=1, le=4096, description="images per work unit")
+    unit_size: int | None = Field(default=None, ge=1, le=4096,
+                                  description="images per work unit (default: sized by the job's cost)")
+    pictures: bool = Field(default=True, description="write each image's pictures (false: raw maps only)")
+    skip_invalid: bool = Field(default=False, description="leave unreadable or unaccepted files out (listed in the "
+                                                          "answer's `skipped`) instead of refusing the job")
 
     @field_validator("methods")
     @classmethod
@@ -82,15 +87,10 @@ class JobCreated(BaseModel):
     status: JobStatusName
     links: Links
     cost: Cost
+    skipped: list[Skipped] = Field(default=[], description="files left out (with `skip_invalid`), with why")
 
 
-class Progress(BaseModel):
-    total: int
-    done: int
-    failed: int
-
-
-class JobStatus(BaseModel):
+class JobView(BaseModel):
     id: str
     kind: Literal["job", "audit"] = "job"
     name: str | None = None
@@ -108,7 +108,7 @@ class JobStatus(BaseModel):
 
 
 class JobList(BaseModel):
-    jobs: list[JobStatus]
+    jobs: list[JobView]
 
 
 class Prediction(BaseModel):
@@ -120,8 +120,8 @@ class Prediction(BaseModel):
 
 
 class MethodResult(BaseModel):
-    png: str
-    npy: str
+    png: str | None = Field(description="signed link of the picture (None when the job asked for no pictures)")
+    npy: str = Field(description="signed link of the raw float32 map")
 
 
 class ResultItem(BaseModel):
@@ -133,16 +133,23 @@ class ResultItem(BaseModel):
     methods: dict[str, MethodResult] = {}
     error: str | None = None
     timings: dict[str, float] = {}
+    input: str | None = Field(default=None, description="signed link of the image as it was given")
+    unit: int | None = None
 
 
 class ResultsPage(BaseModel):
     job: str
     status: JobStatusName
+    name: str | None = None
+    model: str
+    model_version: str
+    methods: dict[str, dict[str, Any]]
     page: int
     per_page: int
     total: int
     items: list[ResultItem]
-    extras: dict[str, str] = Field(default={}, description="per-job pictures (filter visualizations, figures)")
+    extras: dict[str, str] = Field(default={}, description="per-unit pictures of this page's units (figures, filter "
+                                                           "visualisations), `{unit}/{name}` -> signed link")
     next: str | None = None
 
 
@@ -255,6 +262,8 @@ class AuditSpec(Strict):
     options: AuditOptions = Field(default_factory=AuditOptions)
     name: str | None = Field(default=None, max_length=200)
     unit_size: int | None = Field(default=None, ge=1, le=4096)
+    pictures: bool = Field(default=False, description="also write each image's pictures (an audit needs maps only)")
+    skip_invalid: bool = Field(default=False, description="leave unreadable files out (listed in `skipped`)")
 
     @field_validator("methods")
     @classmethod
@@ -304,6 +313,10 @@ class TenantInfo(BaseModel):
 class ListQuery(BaseModel):
     limit: int = Field(default=50, ge=1, le=500)
     offset: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class DeleteQuery(BaseModel):
+    purge: Literal["0", "1", "true", "false"] = Field(default="0", description="1: delete an ended job's objects")
 
 
 class ResultsQuery(BaseModel):

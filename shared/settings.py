@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     """Redis for job state, broker and results; keep its append-only file on."""
     queue: str = "xaiq"
     """Celery queue that workers consume."""
+    redis_prefix: str = Field("xaiq", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    """Prefix of every Redis key of this deployment (two deployments may share one Redis)."""
 
     # --- Object storage (MinIO or any S3).
     s3_endpoint: str = "http://127.0.0.1:9000"
@@ -31,8 +33,9 @@ class Settings(BaseSettings):
     """Region used to sign requests (given, so no location lookup)."""
     bucket: str = "xaiq"
     """One bucket holds every tenant's objects under tenants/{name}/ and the shared models under models/."""
-    url_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
-    """Lifetime of presigned result URLs (at most 7 days)."""
+    url_expiry_s: int = Field(900, ge=1, le=7 * 24 * 3600)
+    """Lifetime of the signed result URLs the API gives (`?exp=&sig=`); a URL also stops working as soon
+    as the key it was made for is revoked."""
     storage_timeout_s: float = Field(5.0, gt=0)
     """Connect and read timeout of one storage request."""
     storage_retry_s: float = Field(120.0, ge=0)
@@ -44,15 +47,22 @@ class Settings(BaseSettings):
     """The admin key: manages tenants' keys (`xaiq keys`) and is itself tenant 'admin'. Empty: no
     authentication at all, one tenant 'default' (for a laptop only)."""
     max_upload_mb: int = 256
-    """Largest request body; larger uploads get 413."""
+    """Largest body of a request that is not streamed (a model's weights); larger ones get 413."""
+    max_dataset_gb: float = Field(64.0, gt=0)
+    """Largest streamed request (a job's images, an upload, a dataset archive); it is never held in memory."""
+    max_image_mb: int = Field(64, ge=1)
+    """Largest image file (or archive entry, inflated); larger ones are refused or skipped."""
     max_json_mb: int = Field(16, ge=1)
     """Largest JSON body or `spec` field; larger ones get 413 before they are parsed."""
     max_json_depth: int = Field(32, ge=4)
     """Deepest nesting of a JSON body or `spec` field; deeper ones get 400 before they are parsed."""
     max_image_pixels: int = 4096 * 4096
     """Largest input image (width x height); larger ones get 413."""
-    max_images_per_job: int = 20000
+    max_images_per_job: int = 1_000_000
     """Most images in one job or audit (also files in one multipart request); more get 413."""
+    decode_gflop_per_mpixel: float = Field(0.1, ge=0)
+    """What decoding costs, counted in the estimate: GFLOP per million decoded pixels (read from the images'
+    headers at submit), so that large images are bounded by the cost limits like model passes."""
     session_hours: float = Field(12.0, gt=0)
     """Lifetime of a browser sign-in."""
 
@@ -67,8 +77,12 @@ class Settings(BaseSettings):
     """Most unfinished jobs and audits of one tenant; beyond it 429."""
 
     # --- Work units.
-    unit_size: int = Field(32, ge=1, le=4096)
-    """Images per work unit: big enough to fill the device, small enough to spread."""
+    unit_size: int = Field(0, ge=0, le=4096)
+    """Images per work unit; 0: sized by cost, so that each unit is about `unit_gflop` of work (at least
+    8 images, at most 1024), big enough to fill the device and make storage requests few, small enough
+    to spread over workers."""
+    unit_gflop: float = Field(2000.0, gt=0)
+    """The work of one unit when units are sized by cost (GFLOP of the estimate)."""
     unit_retries: int = 3
     """Retries of a failing work unit before its images count as failed."""
     lease_s: float = Field(30.0, ge=3)
@@ -95,8 +109,18 @@ class Settings(BaseSettings):
     model_inspect_memory_mb: int = Field(4096, ge=512)
     """Address-space limit of that process."""
     model_inspect_warm: bool = True
-    """Keep one warm, equally confined process per worker that forks the inspections (about 1 s
-    each instead of about 10 s of imports; costs some 0.5 GB of memory)."""
+    """Keep one warm, equally confined process per worker (the zygote) that forks the confined compute
+    processes and inspections (a fork instead of about 10 s of imports; costs some 0.5 GB of memory)."""
+    compute_memory_mb: int = Field(8192, ge=256)
+    """Resident memory a model's compute process may hold; past it the process is killed and its unit's
+    images fail with that reason."""
+    compute_warm: int = Field(2, ge=1, le=16)
+    """Compute processes a worker keeps loaded (one per tenant and model version)."""
+    compute_grace_s: float = Field(60.0, gt=0)
+    """The fixed part of a unit's time budget (loading, measuring batch sizes, the first passes)."""
+    compute_min_gflops: float = Field(10.0, gt=0)
+    """The slowest device speed assumed when a unit's estimated cost becomes its time budget (GFLOP/s):
+    budget = compute_grace_s + unit GFLOP / compute_min_gflops. Past it the compute process is killed."""
     worker_metrics_port: int = 0
     """If set, each worker serves Prometheus metrics on this port (+ its process index)."""
 

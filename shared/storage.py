@@ -1,15 +1,20 @@
 """Object storage (MinIO or any S3) through the minio SDK, and the key layout.
 
 Every object key is spelled here, in `Keys`, and nowhere else (one bucket). Each tenant's
-objects lie under `tenants/{tenant}/`; the shared, read-only models under `models/`:
-  models/{name}/model.json                  a model's current manifest (with its versions)
+objects lie under `tenants/{tenant}/`; the shared, read-only models under `models/`. Bytes
+move in shards (`shared.shards`): the number of objects grows with requests and units,
+not with images.
+  models/{name}/model.json                    a model's current manifest (with its versions)
   models/{name}/{version}/model.json|weights  one version (content hash of weights and spec)
-  uploads/{path}                            images stored with POST /v1/uploads
-  inputs/{job}/{i}.png                      images uploaded with a job
-  jobs/{job}/job.json                       the job manifest (spec, inputs, final status)
-  jobs/{job}/items/{i}/item.json            prediction, timings
-  jobs/{job}/items/{i}/{method}.png|.npy    one picture and the raw map per method
-  jobs/{job}/units/{u}/...                  per-unit artefacts (figure, filter pictures)
+  upload-shards/{batch}/{k}.tar               images stored with one POST /v1/uploads
+  upload-index/{folder}/{batch}.json          which of them lie in {folder}, and where
+  inputs/{job}/shards/{k}.tar | dataset.zip   a job's own images, or an uploaded dataset kept whole
+  inputs/{job}/index/{page}.json              where each input image's bytes lie (4096 per page)
+  jobs/{job}/job.json                         the job manifest (spec, inputs, final status)
+  jobs/{job}/units/{u}/records.json           per image of the unit: prediction, timings, where its results lie
+  jobs/{job}/units/{u}/{run}/maps-{m}.npy     all maps of a method for the unit's images
+  jobs/{job}/units/{u}/{run}/pictures-{m}.tar all pictures of a method (PNG members)
+  jobs/{job}/units/{u}/{run}/extras.tar       the unit's figure and per-unit pictures
   audits/{job}/partials/{u}.npz, audits/{job}/report.json|html
 """
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +30,7 @@ from urllib.parse import urlparse
 
 import urllib3
 from minio import Minio
+from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from shared.settings import Settings
@@ -73,10 +80,14 @@ class Storage:
         self.client = _client(s.s3_endpoint, s)
         # Presigned URLs sign the Host header: sign them for the endpoint clients use.
         self.public = _client(s.s3_public_endpoint, s) if s.s3_public_endpoint else self.client
+        self.requests = 0            # requests sent by this process (/metrics, the benchmark)
+        self._counting = threading.Lock()
 
     def _call(self, fn, *args, **kw):
         deadline, delay = time.monotonic() + self.retry_s, 0.25
         while True:
+            with self._counting:
+                self.requests += 1
             try:
                 return fn(*args, **kw)
             except Exception as e:  # noqa: BLE001 - sorted by _transient
@@ -103,16 +114,31 @@ class Storage:
     def put_json(self, key: str, obj) -> None:
         self.put(key, json.dumps(obj, indent=1, allow_nan=False).encode(), "application/json")
 
-    def _get(self, key: str) -> bytes:
-        resp = self.client.get_object(bucket_name=self.bucket, object_name=key)
+    def put_stream(self, key: str, f, size: int, content_type: str = "application/octet-stream") -> None:
+        """A seekable file of `size` bytes, in parts when it is large (a retry starts over)."""
+        def put():
+            f.seek(0)
+            self.client.put_object(bucket_name=self.bucket, object_name=key, data=f, length=size,
+                                   content_type=content_type, part_size=64 << 20)
+        self._call(put)
+
+    def _get(self, key: str, start: int = 0, length: int = 0) -> bytes:
+        resp = self.client.get_object(bucket_name=self.bucket, object_name=key, offset=start, length=length)
         try:
-            return resp.read()
+            data = resp.read()
         finally:
             resp.close()
             resp.release_conn()
+        if length and len(data) != length:
+            raise ValueError(f"{key}: {len(data)} bytes where {length} were asked for")
+        return data
 
     def get(self, key: str) -> bytes:
         return self._call(self._get, key)
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object, in one request."""
+        return self._call(self._get, key, start, end - start) if end > start else b""
 
     def get_json(self, key: str):
         return json.loads(self.get(key))
@@ -127,6 +153,17 @@ class Storage:
 
     def remove(self, key: str) -> None:
         self._call(self.client.remove_object, bucket_name=self.bucket, object_name=key)
+
+    def remove_prefix(self, prefix: str) -> int:
+        """Every object under `prefix`, in batch deletes of up to 1000; how many."""
+        keys = self.list(prefix)
+        for i in range(0, len(keys), 1000):
+            chunk = [DeleteObject(k) for k in keys[i:i + 1000]]
+            errors = self._call(lambda c=chunk: list(self.client.remove_objects(bucket_name=self.bucket,
+                                                                              delete_object_list=c)))
+            if errors:
+                raise StorageUnavailable(f"{len(errors)} object(s) under {prefix} were not removed")
+        return len(keys)
 
     def exists(self, key: str) -> bool:
         try:
@@ -197,38 +234,86 @@ class Keys:
     def weights(self, name: str, version: str) -> str:
         return f"{self.root}models/{name}/{version}/weights"
 
-    # --- uploads: images a tenant stores to name in jobs (`inputs`) and audits (`dataset`)
-    def upload(self, path: str) -> str:
-        return f"{self.root}uploads/{path}"
+    # --- uploads: tar shards per upload request, and per folder an index per request
+    def upload_shard(self, batch: str, k: int) -> str:
+        return f"{self.root}upload-shards/{batch}/{k:05d}.tar"
 
-    def uploads(self, prefix: str = "") -> str:
-        return f"{self.root}uploads/{prefix.strip('/') + '/' if prefix.strip('/') else ''}"
+    def upload_index(self, folder: str, batch: str) -> str:
+        """The names a request stored in `folder` ('' for the top) and where their bytes lie."""
+        return f"{self.upload_indexes(folder)}{batch}.json"
 
-    # --- jobs and audits
-    def input(self, job: str, i: int) -> str:
-        return f"{self.root}inputs/{job}/{i}.png"
+    def upload_indexes(self, folder: str = "") -> str:
+        f = folder.strip("/")
+        return f"{self.root}upload-index/{f + '/' if f else ''}"
 
+    def upload_folder(self, index_key: str) -> str | None:
+        """The folder an upload index key belongs to ('' for the top), else None."""
+        top = self.upload_indexes()
+        if not index_key.startswith(top) or not index_key.endswith(".json"):
+            return None
+        return index_key[len(top):].rpartition("/")[0]
+
+    # --- a job's inputs: its own tar shards or a kept archive, and the index pages
     def inputs(self, job: str) -> str:
         return f"{self.root}inputs/{job}/"
+
+    def input_shard(self, job: str, k: int) -> str:
+        return f"{self.root}inputs/{job}/shards/{k:05d}.tar"
+
+    def input_index(self, job: str, page: int) -> str:
+        return f"{self.root}inputs/{job}/index/{page:05d}.json"
+
+    def input_archive(self, job: str, ext: str) -> str:
+        """An uploaded dataset kept whole: `zip` or `tar`."""
+        return f"{self.root}inputs/{job}/dataset.{ext}"
+
+    # --- jobs and audits: the manifest, and per unit its records and its shards
+    def jobs(self, job: str) -> str:
+        return f"{self.root}jobs/{job}/"
 
     def job(self, job: str) -> str:
         return f"{self.root}jobs/{job}/job.json"
 
-    def item(self, job: str, i: int, name: str = "item.json") -> str:
-        """`item.json`, or a method's file such as `saliency.png`."""
-        return f"{self.root}jobs/{job}/items/{i}/{name}"
+    def records(self, job: str, unit: int) -> str:
+        """What a unit computed (written last: its presence means the unit's shards are there)."""
+        return f"{self.root}jobs/{job}/units/{unit:06d}/records.json"
 
-    def unit(self, job: str, unit: int, name: str) -> str:
-        return f"{self.root}jobs/{job}/units/{unit}/{name}"
+    def unit_shard(self, job: str, unit: int, attempt: str, name: str) -> str:
+        """A shard of one run of a unit: `maps-{method}.npy`, `pictures-{method}.tar`, `extras.tar`."""
+        return f"{self.root}jobs/{job}/units/{unit:06d}/{attempt}/{name}"
 
-    def units(self, job: str) -> str:
-        return f"{self.root}jobs/{job}/units/"
+    def unit_runs(self, job: str, unit: int) -> str:
+        return f"{self.root}jobs/{job}/units/{unit:06d}/"
+
+    @staticmethod
+    def maps_name(method: str) -> str:
+        return f"maps-{method}.npy"
+
+    @staticmethod
+    def pictures_name(method: str) -> str:
+        return f"pictures-{method}.tar"
+
+    EXTRAS = "extras.tar"
+    FIGURE = "figure.png"            # a unit's composite figure, a member of its extras shard
+
+    @staticmethod
+    def extra_name(method: str, extra: str, k: int) -> str:
+        """A per-unit picture of a method (a filter's visualisation) in the extras shard."""
+        return f"{method}-{extra}-{k}.png"
+
+    @staticmethod
+    def item_file(method: str, ext: str) -> str:
+        """The name a single item's file has for a user: `{method}.png` or `{method}.npy`."""
+        return f"{method}.{ext}"
 
     def audit_partial(self, job: str, unit: int) -> str:
-        return f"{self.root}audits/{job}/partials/{unit}.npz"
+        return f"{self.root}audits/{job}/partials/{unit:06d}.npz"
 
     def audit_partials(self, job: str) -> str:
         return f"{self.root}audits/{job}/partials/"
+
+    def audits(self, job: str) -> str:
+        return f"{self.root}audits/{job}/"
 
     def report(self, job: str, ext: str) -> str:
         """`json` or `html`."""

@@ -115,13 +115,17 @@ class Tenants:
         if raw is None:
             return None
         tenant, admin, key_id = json.loads(raw)
-        if key_id.startswith("admin:"):
-            valid = bool(self.settings.api_key) and key_id == self._admin_key_id()
-        else:
-            valid = self.r.hexists(IDS, key_id)
-        if not valid:
+        if not self.key_valid(key_id):
             return None    # its key was revoked (or the admin key changed)
         return Principal(tenant, admin, key_id)
+
+    def key_valid(self, key_id: str) -> bool:
+        """Whether the key with this id still works (a revoked key ends its sessions and links)."""
+        if not self.settings.api_key:
+            return key_id == ""
+        if key_id.startswith("admin:"):
+            return key_id == self._admin_key_id()
+        return bool(key_id) and bool(self.r.hexists(IDS, key_id))
 
     def close_session(self, token: str) -> None:
         if token:

@@ -68,9 +68,9 @@ def standardize(batch: np.ndarray, info: dict) -> np.ndarray:
 
 
 def png(picture: np.ndarray, size: tuple[int, int] | None = None, level: int = PNG_LEVEL) -> bytes:
-    """(H, W, 3) or (H, W) float in [0, 1] -> PNG bytes (zlib `level`), resized to `size`
-    (w, h) if given (scaled down to MAX_PICTURE_SIDE at most)."""
-    arr = (np.clip(np.nan_to_num(picture), 0, 1) * 255).round().astype(np.uint8)
+    """(H, W, 3) or (H, W) float in [0, 1] (or uint8) -> PNG bytes (zlib `level`), resized to
+    `size` (w, h) if given (scaled down to MAX_PICTURE_SIDE at most)."""
+    arr = picture if picture.dtype == np.uint8 else (np.clip(np.nan_to_num(picture), 0, 1) * 255).round().astype(np.uint8)
     img = Image.fromarray(arr)
     if size and max(size) > MAX_PICTURE_SIDE:
         scale = MAX_PICTURE_SIDE / max(size)

@@ -1,26 +1,33 @@
 """The one Celery task: take the next waiting item fairly, hold its lease while it runs,
-and run it: a job's unit, an audit's report, or a model's inspection."""
+and run it: a job's unit, an audit's report, or a model's inspection. Every step of a job's
+life goes through `shared.lifecycle.JobLifecycle`."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 
+import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from shared.backends import start_reaper
-from shared.jobs import Finish, JobStatus, Start
+from shared.contracts import WorkItem
+from shared.jobs import JobStatus, Start
 from shared.messaging import WORK
 from shared.settings import get_settings
 from shared.storage import Keys
 from worker import metrics
 from worker.app import app
+from worker.compute.client import ComputeFailed
 from worker.context import WorkerContext
-from worker.unit import Cancelled, run_unit
+from worker.inputs import read_images
+from worker.unit import Cancelled, Outcome, run_unit
 
 log = logging.getLogger("xaiq.worker")
 _ctx: WorkerContext | None = None
+MAX_REPORT = 64 << 20
 
 
 def context() -> WorkerContext:
@@ -32,13 +39,14 @@ def context() -> WorkerContext:
 
 @worker_process_init.connect
 def _init_process(**_):
-    s = get_settings()
-    if s.torch_threads:
-        import torch
-
-        torch.set_num_threads(s.torch_threads)
-    metrics.serve(s)
+    metrics.serve(get_settings())
     start_reaper(context())
+
+
+@worker_process_shutdown.connect
+def _stop_compute(**_):
+    if _ctx is not None:
+        _ctx.compute_pool.close()
 
 
 @app.task(name=WORK)
@@ -49,82 +57,94 @@ def work() -> str:
     if item is None:
         return "idle"
     with ctx.heartbeat.hold(item):
-        RUNNERS[item["kind"]](ctx, item)
-    return item["kind"]
+        RUNNERS[item.kind](ctx, item)
+    return item.kind
 
 
-def run_unit_item(ctx: WorkerContext, item: dict) -> None:
+def run_unit_item(ctx: WorkerContext, item: WorkItem) -> None:
     """A job's or an audit's unit: started (counted), run with retries, finished once."""
-    tenant, job, unit, count = item["tenant"], item["job"], item["unit"], item["count"]
-    start = ctx.jobs.start_unit(job, tenant, unit, max_attempts=ctx.settings.unit_retries + 3)
+    life = ctx.lifecycle
+    start = life.start_unit(item, max_attempts=ctx.settings.unit_retries + 3)
     if start is Start.SKIP:
-        after_unit(ctx, item, ctx.jobs.finish_unit(job, tenant, unit, 0, 0, skipped=True))
-        return
+        return life.finish_unit(item, skipped=True)
     t0 = time.perf_counter()
-    done, failed, error = attempt(ctx, item) if start is Start.RUN else \
-        (0, count, f"unit {unit}: its worker stopped each time it ran it (out of memory?)")
-    if done is None:   # cancelled while it ran
-        after_unit(ctx, item, ctx.jobs.finish_unit(job, tenant, unit, 0, 0, skipped=True))
-        return
+    outcome = attempt(ctx, item) if start is Start.RUN else \
+        Outcome(0, item.count, f"unit {item.unit}: its worker stopped each time it ran it (out of memory?)")
+    if outcome is None:   # cancelled while it ran
+        return life.finish_unit(item, skipped=True)
     seconds = time.perf_counter() - t0
-    metrics.unit_done(done, seconds)
-    log.info("job %s unit %d: %d done, %d failed in %.2fs", job, unit, done, failed, seconds)
-    after_unit(ctx, item, ctx.jobs.finish_unit(job, tenant, unit, done, failed, error, seconds=seconds))
+    metrics.unit_done(outcome.done, seconds)
+    log.info("job %s unit %d: %d done, %d failed in %.2fs", item.job, item.unit, outcome.done, outcome.failed, seconds)
+    life.finish_unit(item, outcome.done, outcome.failed, outcome.error, seconds=seconds)
 
 
-def attempt(ctx: WorkerContext, item: dict) -> tuple[int | None, int, str]:
-    """(done, failed, error) after up to `unit_retries` retries with backoff; done None: cancelled."""
-    hook = None
-    if item["kind"] == "audit":
-        from worker.audit.job import on_batch
-
-        hook = on_batch(ctx.manifest(item["tenant"], item["job"]), Keys(item["tenant"]), item["job"], item["unit"])
+def attempt(ctx: WorkerContext, item: WorkItem) -> Outcome | None:
+    """The unit's outcome after up to `unit_retries` retries with backoff (storage or Redis
+    trouble); None: cancelled. What the model did (its budgets, its outputs) is not retried:
+    the unit's images fail with the reason."""
     for retry in range(ctx.settings.unit_retries + 1):
         try:
-            done, failed = run_unit(ctx, item["tenant"], item["job"], item["unit"], item["first"], item["count"], hook)
-            return done, failed, ""
+            return run_unit(ctx, item)
         except Cancelled:
-            return None, 0, ""
+            return None
         except Exception as e:  # noqa: BLE001 - retried, then its images count as failed
             last = e
-            log.warning("job %s unit %d failed (try %d): %r", item["job"], item["unit"], retry + 1, e)
+            log.warning("job %s unit %d failed (try %d): %r", item.job, item.unit, retry + 1, e)
             if isinstance(e, SoftTimeLimitExceeded):
                 break
             time.sleep(min(2 ** retry, 30))
-    first, count = item["first"], item["count"]
-    return 0, count, f"unit {item['unit']} (images {first}-{first + count - 1}): {type(last).__name__}"
+    last_images = f"images {item.first}-{item.first + item.count - 1}"
+    return Outcome(0, item.count, f"unit {item.unit} ({last_images}): {type(last).__name__}")
 
 
-def after_unit(ctx: WorkerContext, item: dict, outcome: Finish) -> None:
-    if outcome is Finish.COMPLETE and item["kind"] == "audit":
-        ctx.enqueue(item["tenant"], [{"tenant": item["tenant"], "kind": "report", "job": item["job"]}], front=True)
-    elif outcome is Finish.COMPLETE:
-        ctx.end_job(item["job"])
-    elif outcome is Finish.CANCELLED:
-        ctx.end_job(item["job"], JobStatus.CANCELLED)
-
-
-def run_report(ctx: WorkerContext, item: dict) -> None:
-    """An audit's last step: the report, then the audit ends (failed with the reason if it cannot)."""
-    from worker.audit.job import write_report
-
-    job, state = item["job"], ctx.jobs.get(item["job"])
+def run_report(ctx: WorkerContext, item: WorkItem) -> None:
+    """An audit's last step: the report (built by the model's compute process), then the
+    audit ends (failed with the reason if it cannot)."""
+    state = ctx.jobs.get(item.job)
     if state is None or state.status.final:
         return
     try:
-        report = write_report(ctx, item["tenant"], job)
-        log.info("audit %s: report with %d flag(s)", job, len(report["flags"]))
-        ctx.end_job(job)
+        report = write_report(ctx, item)
+        log.info("audit %s: report with %d flag(s)", item.job, len(report.get("flags", [])))
+        ctx.lifecycle.end(item.job)
+    except ComputeFailed as e:
+        ctx.lifecycle.end(item.job, JobStatus.FAILED, f"report: {e.reason}")
     except Exception as e:  # noqa: BLE001 - the audit fails with the reason
-        log.exception("audit %s: report failed", job)
-        ctx.end_job(job, JobStatus.FAILED, f"report: {type(e).__name__}")
+        log.exception("audit %s: report failed", item.job)
+        ctx.lifecycle.end(item.job, JobStatus.FAILED, f"report: {type(e).__name__}")
 
 
-def run_inspection(ctx: WorkerContext, item: dict) -> None:
+def write_report(ctx: WorkerContext, item: WorkItem) -> dict:
+    m = ctx.manifest(item.tenant, item.job)
+    keys, st, info = Keys(m.tenant), ctx.storage, ctx.model_info(m)
+    partials = {f"partial:{i}": st.get(k) for i, k in enumerate(sorted(st.list(keys.audit_partials(m.id))))}
+
+    def answer(question: dict) -> tuple[dict, dict]:
+        wanted = [int(i) for i in question.get("indices", []) if 0 <= int(i) < m.inputs.count][:4096]
+        batch = read_images(ctx, m, info, wanted)
+        return {"indices": batch.indices}, {"pixels": batch.pixels}
+
+    header = {"op": "report", "meta": {"audit": m.id, "model": m.model, "model_version": m.model_version,
+                                       "name": m.name}, "options": m.options, "methods": m.methods,
+              "partials": len(partials), "images": m.inputs.count}
+    arrays = {k: np.frombuffer(v, np.uint8) for k, v in partials.items()}
+    for h, a in ctx.compute(m).call(header, arrays, ctx.unit_budget(m), answer=answer):
+        if h["kind"] == "done":
+            raw, html = a.get("report"), a.get("html")
+            if raw is None or html is None or raw.nbytes > MAX_REPORT or html.nbytes > MAX_REPORT:
+                raise ComputeFailed("the compute process sent no report", killed=False)
+            report = json.loads(raw.tobytes())
+            st.put_json(keys.report(m.id, "json"), report)
+            st.put(keys.report(m.id, "html"), html.tobytes(), "text/html; charset=utf-8")
+            return report
+    raise ComputeFailed("the compute process sent no report", killed=False)
+
+
+def run_inspection(ctx: WorkerContext, item: WorkItem) -> None:
     from worker.models.registration import inspect_version
 
-    keys = Keys(None) if item.get("shared") else Keys(item["tenant"])
-    inspect_version(ctx.storage, keys, item["model"], item["version"], ctx.settings, ctx.jobs.r)
+    keys = Keys(None) if item.shared else Keys(item.tenant)
+    inspect_version(ctx.storage, keys, item.model, item.version, ctx.settings, ctx.jobs.r)
 
 
 RUNNERS = {"job": run_unit_item, "audit": run_unit_item, "report": run_report, "inspect": run_inspection}

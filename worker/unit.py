@@ -1,11 +1,14 @@
-"""One work unit as a pipeline: the I/O threads read and decode a chunk of a job's images;
-the device predicts and runs every requested method on the whole chunk as one batch; while
-the next method runs, the I/O threads encode the last one's pictures and raw maps and write
-them (`Writer`, a bounded queue), and render the composite figure; item.json goes last,
-once everything else is stored. No Celery here, so it can be timed and tested in-process.
+"""One work unit, as the broker runs it (it never runs the model: the job's confined compute
+process does every pass). The I/O threads read the unit's images in one or a few ranged
+requests and decode them; the compute process predicts, checks the outputs and runs each
+method on the whole batch, answering method by method; meanwhile the I/O threads store each
+method's maps (one array shard) and pictures (one tar shard of PNGs). `records.json` goes
+last: its presence means the unit's shards are complete. A re-run writes a new attempt's
+shards and then replaces records.json, so a half-written run is never visible and nothing
+is counted twice. No Celery here, so it can be timed and tested in-process.
 
-    run_unit -> read_batch -> predict -> explain_batch (-> Writer: each method's objects, figure)
-             -> item_records (timings: seconds per step and how busy the device was)
+    run_unit -> read_batch -> compute "unit" -> per method: store_method (maps, pictures)
+             -> store_extras (figure, filter visualisations) -> records.json
 """
 from __future__ import annotations
 
@@ -14,24 +17,26 @@ import os
 import socket
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 
-from shared.storage import Keys, Storage
-from worker import explain, images, metrics, render
+from shared.contracts import ArrayShard, ItemRecord, JobManifest, UnitRecords, WorkItem
+from shared.shards import TarShard, array_shard
+from shared.storage import Keys
+from worker import images, metrics, render
+from worker.compute.client import ComputeFailed
 from worker.context import WorkerContext
-from worker.explain.batching import probabilities
-from worker.explain.context import RunContext, Sizer
-from worker.models.loading import LoadedModel
+from worker.inputs import Batch, read_batch
 
 log = logging.getLogger("xaiq.worker")
-Objects = list[tuple[str, object]]   # (key, bytes or a JSON-ready dict)
 NOT_FINITE = "the model's outputs for this image are not finite (NaN or infinite)"
-HOST = socket.gethostname()   # once: a lookup per item cost a third of a millisecond
+HOST = socket.gethostname()
+PICTURE_CHUNK = 64          # pictures encoded per I/O task
+MAX_MAP_FACTOR = 64         # a map may hold at most this many values per input value
 
 
 class Cancelled(Exception):
@@ -39,119 +44,37 @@ class Cancelled(Exception):
 
 
 @dataclass
-class Batch:
-    """The decoded images of a unit that could be read."""
-
-    indices: list[int]
-    names: list[str]
-    sizes: list[tuple[int, int]]
-    pixels: np.ndarray          # (N, C, H, W) in [0, 1]
-    errors: dict[int, str]      # index -> why it could not be read
-
-    def only(self, rows: list[int], errors: dict[int, str]) -> "Batch":
-        return replace(self, indices=[self.indices[j] for j in rows], names=[self.names[j] for j in rows],
-                       sizes=[self.sizes[j] for j in rows], pixels=self.pixels[rows], errors={**self.errors, **errors})
-
-
-def read_batch(ctx: WorkerContext, manifest: dict, info: dict, first: int, count: int) -> Batch:
-    entries = list(enumerate(manifest["inputs"][first:first + count], start=first))
-
-    def read(entry):
-        i, inp = entry
-        try:
-            return i, inp["name"], *images.decode(ctx.storage.get(inp["key"]), info,
-                                                  ctx.settings.max_image_pixels), None
-        except Exception as e:  # noqa: BLE001 - one bad input fails one item, not the unit
-            return i, inp["name"], None, None, f"cannot read input {inp['name'][:200]!r}: {type(e).__name__}"
-
-    rows = list(ctx.io.map(read, entries))
-    ok = [r for r in rows if r[4] is None]
-    return Batch(
-        indices=[r[0] for r in ok], names=[r[1] for r in ok], sizes=[r[3] for r in ok],
-        pixels=np.stack([r[2] for r in ok]) if ok else np.zeros((0,)),
-        errors={r[0]: r[4] for r in rows if r[4] is not None},
-    )
-
-
-def predict(lm: LoadedModel, batch: Batch) -> tuple[Batch, torch.Tensor, torch.Tensor]:
-    """(the batch without images whose outputs are NaN or infinite, their inputs, probabilities)."""
-    x = torch.from_numpy(images.standardize(batch.pixels, lm.info)).to(lm.device)
-    probs = probabilities(lm.model, x, run=lm.run())
-    finite = torch.isfinite(probs).all(1).cpu().numpy()
-    if finite.all():
-        return batch, x, probs
-    rows = [j for j, ok in enumerate(finite) if ok]
-    bad = {i: NOT_FINITE for i, ok in zip(batch.indices, finite) if not ok}
-    return batch.only(rows, bad), x[rows], probs[rows]
-
-
-@dataclass
-class Explained:
-    """What a unit computed, for callers that add to it (audits)."""
-
-    model: LoadedModel
-    batch: Batch
-    inputs: torch.Tensor        # (N, C, H, W) standardised, on the device
-    probabilities: torch.Tensor  # (N, classes)
-    targets: torch.Tensor       # (N,)
-    results: dict[str, explain.Explanation]
-    timings: dict[str, float]
-    run: RunContext             # how its batches ran (the audit's passes run the same way)
-
-
-def explain_batch(lm: LoadedModel, batch: Batch, x: torch.Tensor, probs: torch.Tensor, methods: dict[str, dict],
-                  labels: list[int] | None, check: Callable[[], None],
-                  emit: Callable[[str, explain.Explanation], None] | None = None,
-                  sizer: Sizer | None = None) -> Explained:
-    """Run each method on the whole batch; `check` runs before each method and at every
-    batch boundary inside the methods (it raises Cancelled for a cancelled job); `emit(name,
-    result)` hands each result on as soon as it exists (to be stored while the next runs);
-    `sizer`: the measured batch sizes (None: the defaults)."""
-    targets = torch.tensor([labels[i] for i in batch.indices], device=lm.device) if labels else probs.argmax(1)
-    results, timings = {}, {}
-    run = lm.run(sizes=sizer, check=check)
-    for name, params in methods.items():
-        check()
-        t0 = time.perf_counter()
-        results[name] = explain.run(name, lm.model, x, targets, params, run)   # numpy: the device is done
-        timings[name] = round(time.perf_counter() - t0, 4)
-        if emit is not None:
-            emit(name, results[name])
-    return Explained(lm, batch, x, probs, targets, results, timings, run)
+class Outcome:
+    done: int
+    failed: int
+    error: str = ""
 
 
 class Writer:
-    """Encodes and writes a unit's objects in the I/O threads while the device goes on.
-    `submit(fn, *args)`: fn() -> objects, encoded and written by one pool thread; at most
-    `limit` tasks wait (submit blocks beyond, so memory stays bounded); `wait()` returns once
-    everything submitted is stored and raises the first error. Pool threads never submit,
-    so they never wait for each other. On an error (or a cancel) in the `with` block,
-    tasks not started are dropped and running ones finish."""
+    """Encodes and writes a unit's objects in the I/O threads while the compute process goes
+    on. `submit(fn, *args)` runs fn in a pool thread; at most `limit` tasks wait (submit
+    blocks beyond, so memory stays bounded); `wait()` returns once everything submitted is
+    done and raises the first error. Pool threads never submit, so they never wait for each
+    other. On an error (or a cancel) in the `with` block, tasks not started are dropped."""
 
-    def __init__(self, st: Storage, pool: ThreadPoolExecutor, limit: int):
-        self.st, self.pool = st, pool
+    def __init__(self, pool: ThreadPoolExecutor, limit: int):
+        self.pool = pool
         self.slots = threading.BoundedSemaphore(limit)
         self.futures: list[Future] = []
 
-    def submit(self, fn: Callable[..., Objects], *args) -> None:
+    def submit(self, fn: Callable, *args) -> Future:
         self.slots.acquire()
         try:
-            self.futures.append(self.pool.submit(self._run, fn, args))
+            f = self.pool.submit(self._run, fn, args)
         except BaseException:
             self.slots.release()
             raise
+        self.futures.append(f)
+        return f
 
-    def put(self, objects: Objects) -> None:
-        for obj in objects:   # one task each: written in parallel
-            self.submit(lambda o=obj: [o])
-
-    def _run(self, fn, args) -> None:
+    def _run(self, fn, args):
         try:
-            for key, value in fn(*args):
-                if isinstance(value, dict):
-                    self.st.put_json(key, value)
-                else:
-                    self.st.put(key, value, "image/png" if key.endswith(".png") else "application/octet-stream")
+            return fn(*args)
         finally:
             self.slots.release()
 
@@ -161,7 +84,7 @@ class Writer:
             for f in futures:
                 f.result()
         except BaseException:
-            self.futures = futures   # leaving the block drops the ones not started yet
+            self.futures = futures
             raise
 
     def __enter__(self) -> "Writer":
@@ -173,64 +96,7 @@ class Writer:
                 f.cancel()
             for f in self.futures:
                 if not f.cancelled():
-                    f.exception()   # waits; the error that ended the block is the one raised
-
-
-def image_objects(keys: Keys, job: str, i: int, name: str, result: explain.Explanation, j: int,
-                  size: tuple[int, int], level: int) -> Objects:
-    """One image's picture of a method (at the input's size) and its raw map."""
-    return [(keys.item(job, i, f"{name}.png"), images.png(result.pictures[j], size, level)),
-            (keys.item(job, i, f"{name}.npy"), images.npy(result.maps[j]))]
-
-
-def extra_objects(keys: Keys, job: str, unit: int, name: str, result: explain.Explanation, level: int) -> Objects:
-    """A method's per-unit pictures and arrays (filter visualisations)."""
-    out: Objects = []
-    for extra, pictures in result.extra_pictures.items():
-        out += [(keys.unit(job, unit, f"{name}-{extra}-{k}.png"), images.png(p, level=level))
-                for k, p in enumerate(pictures)]
-    for extra, arr in result.extras.items():
-        out.append((keys.unit(job, unit, f"{name}-{extra}.npy"), images.npy(arr)))
-    return out
-
-
-def emit_method(out: Writer, keys: Keys, job: str, unit: int, batch: Batch, name: str,
-                result: explain.Explanation, level: int) -> None:
-    """Queue a method's objects: one task per image, one for the per-unit extras."""
-    for j, i in enumerate(batch.indices):
-        out.submit(image_objects, keys, job, i, name, result, j, batch.sizes[j], level)
-    if result.extra_pictures or result.extras:
-        out.submit(extra_objects, keys, job, unit, name, result, level)
-
-
-def figure_objects(keys: Keys, job: str, unit: int, e: Explained, level: int) -> Objects:
-    """The composite figure: the inputs over each method's pictures."""
-    shown = {"input": render.input_pictures(e.batch.pixels)} | {n: r.pictures for n, r in e.results.items()}
-    return [(keys.unit(job, unit, "figure.png"), render.figure(shown, e.batch.names, level=level))]
-
-
-def item_records(keys: Keys, job: str, e: Explained, methods: list[str], fields: list[dict]) -> Objects:
-    """item.json of each image: prediction, target, timings, and the caller's fields."""
-    probs, targets, classes = e.probabilities.cpu().numpy(), e.targets.cpu().numpy(), e.model.classes
-    precision = {name: r.precision for name, r in e.results.items()}   # what each method ran in
-    out: Objects = []
-    for j, i in enumerate(e.batch.indices):
-        label = int(probs[j].argmax())
-        out.append((keys.item(job, i), {
-            "index": i, "name": e.batch.names[j], "status": "done", "target": int(targets[j]),
-            "prediction": {"label": label, "class": classes[label],
-                           "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs[j])}},
-            "methods": methods, "timings": e.timings, "size": list(e.batch.sizes[j]),
-            "precision": precision,
-            "worker": f"{HOST}/{os.getpid()}",  # which process explained it
-            **fields[j],
-        }))
-    return out
-
-
-def failed_records(keys: Keys, job: str, manifest: dict, errors: dict[int, str]) -> Objects:
-    return [(keys.item(job, i), {"index": i, "name": manifest["inputs"][i]["name"], "status": "failed", "error": err})
-            for i, err in errors.items()]
+                    f.exception()
 
 
 def cancel_check(ctx: WorkerContext, job: str, every_s: float = 0.5) -> Callable[[], None]:
@@ -241,67 +107,202 @@ def cancel_check(ctx: WorkerContext, job: str, every_s: float = 0.5) -> Callable
         now = time.monotonic()
         if now - last[0] >= every_s:
             last[0] = now
-            if ctx.jobs.cancelled(job):
+            if ctx.lifecycle.cancelled(job):
                 raise Cancelled(job)
     return check
 
 
-def pace(ctx: WorkerContext, timings: dict[str, float], wall_s: float) -> dict[str, float]:
-    """The unit's seconds and the fraction of them the device computed (prediction, methods,
-    audit curves), counted for /metrics."""
-    device_s = sum(v for k, v in timings.items() if k != "unit")
+class UnitResults:
+    """What one run of a unit stores, as the compute process's answers arrive."""
+
+    def __init__(self, ctx: WorkerContext, m: JobManifest, item: WorkItem, batch: Batch, out: Writer):
+        self.ctx, self.m, self.item, self.batch, self.out = ctx, m, item, batch, out
+        self.keys = Keys(m.tenant)
+        self.records = UnitRecords(unit=item.unit, first=item.first, count=item.count, attempt=uuid.uuid4().hex[:12],
+                                   worker=f"{HOST}/{os.getpid()}")
+        self.rows: list[int] = []            # positions in `batch` the compute process kept (finite outputs)
+        self.pictures: dict[str, dict[int, object]] = {}
+        self.encoded: dict[str, list[Future]] = {}   # method -> its pictures' PNGs, in chunks
+        self.extra_pictures: dict[str, np.ndarray] = {}
+        self.shown: dict[str, np.ndarray] = {}
+        self.seconds = 0.0
+
+    def shard_key(self, name: str) -> str:
+        return self.keys.unit_shard(self.m.id, self.item.unit, self.records.attempt, name)
+
+    def predicted(self, h: dict) -> None:
+        rows = [int(r) for r in h.get("rows", [])]
+        if any(not 0 <= r < len(self.batch.indices) for r in rows) or len(set(rows)) != len(rows):
+            raise ComputeFailed("the compute process answered with rows outside the batch", killed=False)
+        self.rows = rows
+
+    def method(self, h: dict, a: dict) -> None:
+        name, n = str(h.get("name")), len(self.rows)
+        if name not in self.m.methods:
+            raise ComputeFailed("the compute process answered for a method it was not asked for", killed=False)
+        maps = a.get("maps")
+        cap = MAX_MAP_FACTOR * int(np.prod(self.batch.pixels.shape[1:]))
+        if maps is None or maps.dtype != np.float32 or maps.shape[:1] != (n,) or maps[:1].size > cap:
+            raise ComputeFailed(f"the compute process sent maps of the wrong shape for {name}", killed=False)
+        self.records.precision[name] = str(h.get("precision", "fp32"))[:8]
+        self.seconds += float(h.get("seconds") or 0)
+        self.out.submit(self.store_maps, name, maps)
+        pics = a.get("pictures")
+        if self.m.pictures and pics is not None:
+            if pics.dtype != np.uint8 or pics.ndim != 4 or pics.shape[0] != n or pics.shape[3] != 3:
+                raise ComputeFailed(f"the compute process sent pictures of the wrong shape for {name}", killed=False)
+            self.shown[name] = pics
+            self.store_pictures(name, pics)
+        for k, v in a.items():
+            if k.startswith("extra_picture:") and v.dtype == np.uint8 and v.ndim == 4 and v.shape[3] == 3:
+                self.extra_pictures[f"{name}:{k.split(':', 1)[1]}"] = v
+
+    def store_maps(self, name: str, maps: np.ndarray) -> None:
+        data, offset = array_shard(maps)
+        key = self.shard_key(Keys.maps_name(name))
+        self.ctx.storage.put(key, data)
+        self.records.maps[name] = ArrayShard(key=key, shape=list(maps.shape[1:]), offset=offset, rows=len(maps))
+
+    def store_pictures(self, name: str, pics: np.ndarray) -> None:
+        """PNGs at each input's size, encoded in chunks by the I/O threads (`store_tars`
+        makes them one tar shard per method once all are encoded)."""
+        level, sizes = self.ctx.settings.png_level, [self.batch.sizes[r] for r in self.rows]
+
+        def encode(start: int) -> list[bytes]:
+            return [images.png(pics[j], sizes[j], level) for j in range(start, min(start + PICTURE_CHUNK, len(pics)))]
+        self.encoded[name] = [self.out.submit(encode, s) for s in range(0, len(pics), PICTURE_CHUNK)]
+
+    def store_tars(self) -> None:
+        """After `Writer.wait()`: each method's encoded pictures as one tar shard."""
+        for name, chunks in self.encoded.items():
+            self.out.submit(self._tar, name, [png for c in chunks for png in c.result()])
+
+    def _tar(self, name: str, pngs: list[bytes]) -> None:
+        shard, spans = TarShard(), {}
+        for j, png in zip(self.rows, pngs):
+            index = self.batch.indices[j]
+            spans[index] = shard.add(f"{index:08d}.png", png)
+        key = self.shard_key(Keys.pictures_name(name))
+        self.ctx.storage.put(key, shard.getvalue(), "application/x-tar")
+        self.records.pictures[name] = key
+        self.pictures[name] = spans
+
+    def store_extras(self) -> None:
+        """The unit's figure and per-unit pictures (filter visualisations), one tar shard."""
+        shard = TarShard()
+        level = self.ctx.settings.png_level
+        if self.ctx.settings.unit_figure and self.shown and self.m.pictures:
+            kept = self.batch.pixels[self.rows[:8]]
+            shown = {"input": render.input_pictures(kept)} | {n: p[:8] / 255.0 for n, p in self.shown.items()}
+            self.records.extras[Keys.FIGURE] = shard.add(
+                Keys.FIGURE, render.figure(shown, [self.batch.names[r] for r in self.rows[:8]], level=level))
+        for label, pics in self.extra_pictures.items():
+            method, extra = label.split(":", 1)
+            for k, p in enumerate(pics):
+                name = Keys.extra_name(method, extra, k)
+                self.records.extras[name] = shard.add(name, images.png(p, level=level))
+        if shard.members:
+            key = self.shard_key(Keys.EXTRAS)
+            self.ctx.storage.put(key, shard.getvalue(), "application/x-tar")
+            self.records.extras_key = key
+
+
+def prediction(probs: np.ndarray, classes: list[str]) -> dict:
+    label = int(probs.argmax())
+    return {"label": label, "class": classes[label],
+            "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs)}}
+
+
+def item_records(res: UnitResults, done: dict, classes: list[str], error: str | None) -> list[ItemRecord]:
+    """One record per image of the unit: done (its prediction and where its results lie) or failed."""
+    b, out = res.batch, []
+    kept = {b.indices[r]: j for j, r in enumerate(res.rows)} if done else {}
+    for i in range(res.item.first, res.item.first + res.item.count):
+        name = b.all_names.get(i, "")
+        if i in kept:
+            j = kept[i]
+            out.append(ItemRecord(
+                index=i, name=name, status="done", target=int(done["targets"][j]),
+                prediction=prediction(done["probs"][j], classes), size=list(b.sizes[res.rows[j]]), row=j,
+                pictures={m: spans[i] for m, spans in res.pictures.items() if i in spans},
+                fields=done["fields"][j] if j < len(done["fields"]) else {}))
+        else:
+            reason = b.errors.get(i) or (error if error else NOT_FINITE)
+            out.append(ItemRecord(index=i, name=name, status="failed", error=reason[:500]))
+    return out
+
+
+def explain_unit(ctx: WorkerContext, m: JobManifest, res: UnitResults, classes: list[str]) -> dict:
+    """The compute process's answers, stored as they come; returns the `done` answer's
+    arrays and fields (probabilities, targets, audit fields)."""
+    b = res.batch
+    header = {"op": "unit", "methods": m.methods, "pictures": m.pictures,
+              "targets": b.labels if m.kind == "job" and any(t is not None for t in b.labels) else None,
+              "audit": {"options": m.options, "truth": b.labels, "indices": b.indices} if m.kind == "audit" else None}
+    compute = ctx.compute(m)
+    for h, a in compute.call(header, {"pixels": b.pixels}, ctx.unit_budget(m), check=cancel_check(ctx, m.id)):
+        if h["kind"] == "predicted":
+            res.predicted(h)
+        elif h["kind"] == "method":
+            res.method(h, a)
+        else:
+            return done_answer(ctx, m, res, h, a, len(classes))
+    raise ComputeFailed("the compute process stopped before it was done", killed=True)
+
+
+def done_answer(ctx: WorkerContext, m: JobManifest, res: UnitResults, h: dict, a: dict, k: int) -> dict:
+    n = len(res.rows)
+    probs, targets = a.get("probs"), a.get("targets")
+    if probs is None or probs.shape != (n, k) or targets is None or targets.shape != (n,) \
+            or not np.isfinite(probs).all() or ((targets < 0) | (targets >= k)).any():
+        raise ComputeFailed("the compute process sent predictions of the wrong shape", killed=False)
+    fields = h.get("fields") or []
+    if m.kind == "audit" and n:
+        if "partial" not in a or len(fields) != n:
+            raise ComputeFailed("the compute process sent no audit partial", killed=False)
+        res.out.submit(ctx.storage.put, Keys(m.tenant).audit_partial(m.id, res.item.unit), a["partial"].tobytes())
+    ctx.batch_sizes.file({str(key): int(v) for key, v in (h.get("sizes") or {}).items()
+                          if isinstance(v, int) and 0 < v <= 1 << 20})
+    res.records.timings.update({str(key): float(v) for key, v in (h.get("timings") or {}).items()})
+    return {"probs": probs, "targets": targets, "fields": [f if isinstance(f, dict) else {} for f in fields]}
+
+
+def run_unit(ctx: WorkerContext, item: WorkItem) -> Outcome:
+    """Explain images first..first+count-1 of the job; every object is stored when it returns.
+    Raises Cancelled when the job was cancelled meanwhile (its compute process killed)."""
+    t0, requests0 = time.perf_counter(), ctx.storage.requests
+    m = ctx.manifest(item.tenant, item.job)
+    info = ctx.model_info(m)
+    batch = read_batch(ctx, m, info, item.first, item.count)
+    error, done = "", {}
+    with Writer(ctx.io, 8 * ctx.settings.io_threads) as out:
+        res = UnitResults(ctx, m, item, batch, out)
+        if batch.indices:
+            try:
+                done = explain_unit(ctx, m, res, info["classes"])
+            except ComputeFailed as e:
+                error = e.reason
+                log.warning("job %s unit %d: %s", m.id, item.unit, e.reason)
+        out.wait()   # every picture is encoded: the tars can be written
+        res.store_tars()
+        out.submit(res.store_extras)
+        out.wait()
+        res.records.items = item_records(res, done, info["classes"], error)
+        res.records.timings.update(pace(ctx, res.seconds + res.records.timings.get("predict", 0.0),
+                                        time.perf_counter() - t0, ctx.storage.requests - requests0 + 1))
+        ctx.storage.put(Keys(m.tenant).records(m.id, item.unit), res.records.model_dump_json(exclude_none=True).encode(),
+                        "application/json")
+    ok = sum(1 for r in res.records.items if r.status == "done")
+    return Outcome(ok, item.count - ok, error)
+
+
+def pace(ctx: WorkerContext, device_s: float, wall_s: float, requests: int) -> dict[str, float]:
+    """The unit's seconds, the fraction of them the compute process computed, and its storage
+    requests, counted for /metrics."""
     busy = round(metrics.device_time(device_s, wall_s), 4)
     try:
-        ctx.jobs.count(device_seconds=device_s, pipeline_seconds=wall_s)
+        ctx.jobs.count(device_seconds=device_s, pipeline_seconds=wall_s, storage_requests=requests)
     except Exception as e:  # noqa: BLE001 - a counter, never a reason to fail a unit
-        log.warning("device time not counted: %r", e)
-    return {"unit": round(wall_s, 4), "device_busy": busy}
+        log.warning("unit time not counted: %r", e)
+    return {"unit": round(wall_s, 4), "device_busy": busy, "storage_requests": requests}
 
-
-def explain_unit(ctx: WorkerContext, lm: LoadedModel, keys: Keys, job: str, unit: int, manifest: dict,
-                 batch: Batch, out: Writer, on_batch) -> tuple[Batch, Objects]:
-    """Predict, explain (each method's objects and the figure queued on `out` as they come)
-    and run the caller's hook; (the batch without non-finite images, item.json records)."""
-    level = ctx.settings.png_level
-    t0 = time.perf_counter()
-    batch, x, probs = predict(lm, batch)
-    predict_s = round(time.perf_counter() - t0, 4)
-    if not batch.indices:
-        return batch, []
-    sizer = ctx.sizer(lm)
-    e = explain_batch(lm, batch, x, probs, manifest["methods"], manifest.get("labels"), cancel_check(ctx, job),
-                      emit=lambda name, r: emit_method(out, keys, job, unit, batch, name, r, level), sizer=sizer)
-    if ctx.settings.unit_figure:
-        out.submit(figure_objects, keys, job, unit, e, level)
-    fields: list[dict] = [{} for _ in batch.indices]
-    if on_batch is not None:
-        t1 = time.perf_counter()
-        extra, fields = on_batch(e)
-        e.timings["audit"] = round(time.perf_counter() - t1, 4)
-        out.put(extra)
-    e.timings["predict"] = predict_s
-    return batch, item_records(keys, job, e, list(manifest["methods"]), fields)
-
-
-def run_unit(ctx: WorkerContext, tenant: str, job: str, unit: int, first: int, count: int,
-             on_batch=None) -> tuple[int, int]:
-    """Explain images first..first+count-1 of the job; returns (done, failed); every object
-    is stored when it returns.
-
-    `on_batch(explained) -> (objects, item_fields)` may add objects to store and
-    fields to each image's item.json (audits add faithfulness and a partial)."""
-    t0 = time.perf_counter()
-    manifest, keys = ctx.manifest(tenant, job), Keys(tenant)
-    lm = ctx.model(manifest)
-    batch = read_batch(ctx, manifest, lm.info, first, count)
-    with Writer(ctx.storage, ctx.io, 8 * ctx.settings.io_threads) as out:
-        records: Objects = []
-        if batch.indices:
-            batch, records = explain_unit(ctx, lm, keys, job, unit, manifest, batch, out, on_batch)
-        out.wait()   # item.json last: its presence means the item's files are there
-        if records:
-            timings = records[0][1]["timings"]   # the one dict every record of the unit shares
-            timings.update(pace(ctx, timings, time.perf_counter() - t0))
-        out.put(records + failed_records(keys, job, manifest, batch.errors))
-        out.wait()
-    return len(batch.indices), len(batch.errors)

@@ -1,93 +1,80 @@
-"""Audits inside the service: the glue between a work unit, storage and the pure audit
-modules. Per unit: faithfulness and a partial; at the end: merge, sanity check,
-shortcuts, the report (report.json and report.html)."""
+"""Audits inside the service, as the compute process runs them (model passes only: the
+broker reads and stores). Per unit: deletion/insertion per method, correctness and a
+partial (`audit_unit`); at the end: merge, sanity check, shortcuts, the report
+(`build_report`), with the images it needs fetched by index through the broker."""
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 import torch
 
-from shared.storage import Keys
 from worker import explain, images, render
 from worker.audit import finalize, run_sanity, unit_partial
-from worker.audit.sanity import randomisable_layers
 from worker.audit.aggregate import FAITH_KEYS
 from worker.audit.faithfulness import choose_for_curves
-from worker.context import WorkerContext
+from worker.audit.sanity import randomisable_layers
 from worker.explain.batching import predicted
-from worker.unit import Explained, read_batch
+from worker.explain.context import RunContext
+
+Fetch = Callable[[list[int]], tuple[np.ndarray, list[int]]]   # indices -> (pixels in [0, 1], indices read)
 
 
-def on_batch(manifest: dict, keys: Keys, job: str, unit: int):
-    """The audit's addition to a unit: deletion/insertion per method, correctness, a partial."""
-    opts = manifest["options"]
-
-    def add(e: Explained):
-        truth = [manifest["truth"][i] for i in e.batch.indices]
-        heatmaps = {m: r.heatmaps for m, r in e.results.items()}
-        model, device = e.model.model, e.model.device
-        with torch.inference_mode():   # the curves' passes at the audit's precision, guarded on their ends
-            forward, dtype = choose_for_curves(model, opts.get("precision", "auto"), e.inputs[:16], e.run)
-            partial = unit_partial(e.inputs, truth, e.batch.indices, heatmaps,
-                                   lambda x: forward(x.to(device)).softmax(1), n_classes=len(e.model.classes),
-                                   steps=opts["faithfulness_steps"], seed=opts["seed"], probs=e.probabilities,
-                                   batch_size=e.run.batch_size(model, e.inputs[0], "faithfulness", dtype))
-        preds = partial.preds
-        fields = [{
-            "label": int(truth[j]), "label_class": e.model.classes[truth[j]], "correct": bool(preds[j] == truth[j]),
-            "faithfulness": {m: {k: round(float(partial.faith[m][j, c]), 5) for c, k in enumerate(FAITH_KEYS)}
-                             for m in partial.methods},
-        } for j in range(len(truth))]
-        return [(keys.audit_partial(job, unit), partial.to_bytes())], fields
-
-    return add
+def audit_unit(lm, x: torch.Tensor, probs: torch.Tensor, heatmaps: dict[str, np.ndarray], truth: list[int],
+               indices: list[int], opts: dict, run: RunContext) -> tuple[bytes, list[dict]]:
+    """The audit's addition to a unit: deletion/insertion per method, correctness, a partial
+    (bytes) and per image the fields its record gets."""
+    model, device = lm.model, lm.device
+    with torch.inference_mode():   # the curves' passes at the audit's precision, guarded on their ends
+        forward, dtype = choose_for_curves(model, opts.get("precision", "auto"), x[:16], run)
+        partial = unit_partial(x, truth, indices, heatmaps, lambda z: forward(z.to(device)).softmax(1),
+                               n_classes=len(lm.classes), steps=opts["faithfulness_steps"], seed=opts["seed"],
+                               probs=probs, batch_size=run.batch_size(model, x[0], "faithfulness", dtype))
+    preds = partial.preds
+    fields = [{
+        "label": int(truth[j]), "label_class": lm.classes[truth[j]], "correct": bool(preds[j] == truth[j]),
+        "faithfulness": {m: {k: round(float(partial.faith[m][j, c]), 5) for c, k in enumerate(FAITH_KEYS)}
+                         for m in partial.methods},
+    } for j in range(len(truth))]
+    return partial.to_bytes(), fields
 
 
-def sanity(ctx: WorkerContext, manifest: dict, lm) -> tuple[list[dict], str | None]:
+def sanity(lm, methods: dict, opts: dict, n_images: int, fetch: Fetch, run: RunContext
+           ) -> tuple[list[dict], str | None]:
     """The weight-randomisation check on a sample, or why it was not run."""
-    n = min(manifest["options"]["sanity_sample"], len(manifest["inputs"]))
+    n = min(opts["sanity_sample"], n_images)
     if not n:
         return [], "not run: sanity_sample is 0"
     if not randomisable_layers(lm.model):
         return [], "not run: the model's layers cannot be re-initialised (no reset_parameters, e.g. TorchScript)"
-    batch = read_batch(ctx, manifest, lm.info, 0, n)
-    if not batch.indices:
+    pixels, read = fetch(list(range(n)))
+    if not read:
         return [], "not run: no readable image in the sample"
-    x = torch.from_numpy(images.standardize(batch.pixels, lm.info)).to(lm.device)
-    y = predicted(lm.model, x, run=lm.run())
-    attributes = {m: (lambda model, xs, ys, m=m: explain.run(m, model, xs, ys, manifest["methods"][m]).heatmaps)
-                  for m in manifest["methods"]}
+    x = torch.from_numpy(images.standardize(pixels, lm.info)).to(lm.device)
+    y = predicted(lm.model, x, run=run)
+    attributes = {m: (lambda model, xs, ys, m=m: explain.run(m, model, xs, ys, methods[m]).heatmaps)
+                  for m in methods}
     try:
-        return run_sanity(lm.model, x, y, attributes, seed=manifest["options"]["seed"]), None
+        return run_sanity(lm.model, x, y, attributes, seed=opts["seed"]), None
     except Exception as e:  # noqa: BLE001 - a model that cannot be copied or randomised: report it, keep the rest
         return [], f"not run: randomising the model failed ({type(e).__name__})"
 
 
-def write_report(ctx: WorkerContext, tenant: str, job: str) -> dict:
-    """Merge the partials, check the maps' sanity on a sample, find shortcuts, store the report."""
+def build_report(lm, partials: list[bytes], meta: dict, opts: dict, methods: dict, n_images: int, fetch: Fetch,
+                 run: RunContext) -> tuple[dict, str]:
+    """Merge the partials, check the maps' sanity on a sample, find shortcuts: (report.json, report.html)."""
     t0 = time.perf_counter()
-    st, keys = ctx.storage, Keys(tenant)
-    manifest = ctx.manifest(tenant, job)
-    lm = ctx.model(manifest)
-    partials = (st.get(k) for k in sorted(st.list(keys.audit_partials(job))))
-    checks, why_not = sanity(ctx, manifest, lm)
+    checks, why_not = sanity(lm, methods, opts, n_images, fetch, run)
 
     def examples(indices: list[int]) -> dict[int, np.ndarray]:
-        out = {}
-        for i in indices:
-            pixels, _ = images.decode(st.get(manifest["inputs"][i]["key"]), lm.info, ctx.settings.max_image_pixels)
-            out[i] = render.input_pictures(pixels[None])[0]
-        return out
+        pixels, read = fetch(sorted(set(indices)))
+        return {i: p for i, p in zip(read, render.input_pictures(pixels))} if read else {}
 
-    meta = {"audit": job, "model": manifest["model"], "model_version": manifest.get("model_version"),
-            "methods": list(manifest["methods"]), "images": len(manifest["inputs"]),
-            "options": manifest["options"], "name": manifest.get("name")}
+    meta = {**meta, "methods": list(methods), "images": n_images, "options": opts}
     if why_not:
         meta["sanity"] = why_not
     report, html = finalize(partials, class_names=lm.classes, sanity=checks, examples=examples, meta=meta,
-                            shortcuts=manifest["options"]["shortcuts"])
+                            shortcuts=opts["shortcuts"])
     report.setdefault("meta", {})["report_seconds"] = round(time.perf_counter() - t0, 2)
-    st.put_json(keys.report(job, "json"), report)
-    st.put(keys.report(job, "html"), html.encode(), "text/html; charset=utf-8")
-    return report
+    return report, html

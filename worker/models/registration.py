@@ -8,7 +8,7 @@ import logging
 
 from shared.settings import Settings
 from shared.storage import Keys, Storage
-from worker.models.sandbox import inspect_untrusted
+from worker.compute.client import inspect_untrusted
 
 log = logging.getLogger("xaiq.worker")
 RESULT = ("status", "error", "layers", "hooks", "parameters", "gflops")
