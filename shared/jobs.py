@@ -12,9 +12,9 @@ import contextlib
 import json
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Callable
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff

@@ -21,9 +21,9 @@ import os
 import socket
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable
 from urllib.parse import urlparse
 
 import urllib3
@@ -32,7 +32,6 @@ from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from shared.settings import Settings
-
 
 MISSING = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")  # S3 error codes of an absent object
 BUSY = ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout")  # S3 error codes worth a retry

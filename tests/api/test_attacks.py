@@ -59,9 +59,7 @@ def assert_same_site_path(location: str, payload: str) -> None:
 
 @pytest.fixture()
 def site(app):
-    c = app.test_client()
-    c.environ_base["HTTP_HOST"] = "xaiq.test"
-    return c
+    return app.test_client()
 
 
 @pytest.mark.parametrize("payload", PAYLOADS + FINE, ids=repr)
@@ -147,7 +145,7 @@ def test_public_metrics_are_totals_without_tenants(settings, client, digits_mode
     app = create_app(settings.model_copy(update={"metrics_public": True}), reaper=False)
     resp = app.test_client().get("/metrics")
     text = resp.get_data(as_text=True)
-    assert resp.status_code == 200 and float(re.search(r"^xaiq_jobs_submitted_total (\S+)$", text, re.M)[1]) >= 1
+    assert resp.status_code == 200 and float(re.search(r"^xaiq_jobs_submitted_total (\S+)$", text, re.MULTILINE)[1]) >= 1
     samples = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert samples and not [line for line in samples if "{" in line]    # no labels at all, so no tenant
     assert "alice" not in text and "tenant=" not in text
@@ -172,6 +170,23 @@ def test_every_response_confines_the_page(app, settings, http, site):
         scripts = csp["script-src"].split()
         assert scripts[0] == "'self'" and "'unsafe-inline'" not in scripts and "'unsafe-eval'" not in scripts, name
         assert len(scripts) == (2 if name == "docs" else 1), (name, scripts)   # /docs: its one inline script
+
+
+def test_cookie_posts_trust_the_browsers_fetch_metadata(app, tenant_key):
+    """Pages send no Referer (no-referrer), so the cross-site check reads `Sec-Fetch-Site`
+    where the browser sends it, and Origin/Referer otherwise."""
+    c = app.test_client()   # on http://localhost
+    assert c.post("/ui/signin", data={"key": tenant_key}).status_code == 302    # the session cookie
+    job = "/ui/jobs/" + "0" * 32 + "/cancel"
+    refused = [{"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+               {"Sec-Fetch-Site": "cross-site", "Origin": "http://localhost"}, {"Origin": "http://evil.com"},
+               {"Origin": "null"}, {}]
+    for headers in refused:
+        resp = c.post(job, headers=headers)
+        assert resp.status_code == 403 and "cross-site" in resp.get_json()["error"]["message"], headers
+    for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "same-origin", "Origin": "null"},
+                    {"Origin": "http://localhost"}):
+        assert c.post(job, headers=headers).status_code == 404, headers   # past the check: no such job
 
 
 def test_pages_work_under_the_policy(stack, client, tenant_key, digits_model, digit_pngs):
@@ -209,6 +224,70 @@ def test_pages_work_under_the_policy(stack, client, tenant_key, digits_model, di
 
 # --- a hung Redis or S3 server
 
+@pytest.fixture()
+def silent_server():
+    """A TCP server that accepts connections and never answers: a hung Redis or S3 server."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted, done = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not done.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    done.set()
+    t.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def test_every_api_call_to_a_silent_server_is_bounded(settings, silent_server):
+    """Without any probe, one Redis call of the API waits `api_wait_s` once (no retry of a
+    timeout), and a storage call stops within its budget of twice that."""
+    import redis
+
+    from shared.jobs import redis_client
+    from shared.storage import Storage, StorageUnavailable
+
+    s = settings.model_copy(update={"redis_url": f"redis://{silent_server}/0", "s3_endpoint": f"http://{silent_server}"})
+    t = time.monotonic()
+    with pytest.raises((redis.TimeoutError, redis.ConnectionError)):
+        redis_client(s, patient=False).get("x")
+    redis_s = time.monotonic() - t
+    t = time.monotonic()
+    with pytest.raises(StorageUnavailable):
+        Storage(s).get("x")
+    storage_s = time.monotonic() - t
+    print(f"\nsilent server: a Redis call gave up after {redis_s:.2f} s, a storage call after {storage_s:.2f} s "
+          f"(api_wait_s {s.api_wait_s} s)")
+    assert s.api_wait_s * 0.9 <= redis_s < s.api_wait_s * 1.5 + 0.5
+    assert s.api_wait_s * 0.9 <= storage_s < s.api_wait_s * 2 + 0.5
+
+
+def test_a_known_outage_fails_at_once(settings, silent_server):
+    """While `down()` names an outage, no call touches the network."""
+    import redis
+
+    from shared.jobs import redis_client
+    from shared.storage import Storage, StorageUnavailable
+
+    s = settings.model_copy(update={"redis_url": f"redis://{silent_server}/0", "s3_endpoint": f"http://{silent_server}"})
+    t = time.monotonic()
+    with pytest.raises(redis.ConnectionError, match="probe says"):
+        redis_client(s, patient=False, down=lambda: "redis is down: the probe says so").get("x")
+    with pytest.raises(StorageUnavailable, match="probe says"):
+        Storage(s, down=lambda: "storage is down: the probe says so").get("x")
+    assert time.monotonic() - t < 0.5
+
 @pytest.fixture(scope="module")
 def hangable(tmp_path_factory):
     """A stack of its own, as `xaiq up` runs it (Redis, the S3 server, the API under gunicorn
@@ -245,16 +324,18 @@ def hang(stack, part: str, polled: str, headers: dict, unaffected: str) -> dict:
     """Stop `part` (SIGSTOP) for about 6 s: 40 concurrent polls of `polled` as it begins and 40
     more every second after, while /healthz is asked every 0.1 s; then SIGCONT, and time how
     long until the API serves again."""
-    health, done = [], threading.Event()
+    health, readiness, done = [], [], threading.Event()
 
     def sample():
         while not done.is_set():
             health.append(timed(f"{stack.api_url}/healthz"))
+            readiness.append((time.monotonic() - t0, *timed(f"{stack.api_url}/readyz")))
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample)
     pgid = os.getpgid(stack.procs[part].pid)
     os.killpg(pgid, signal.SIGSTOP)
+    t0 = time.monotonic()
     try:
         sampler.start()
         with ThreadPoolExecutor(40) as pool:
@@ -268,13 +349,16 @@ def hang(stack, part: str, polled: str, headers: dict, unaffected: str) -> dict:
         other = timed(unaffected, headers)
     finally:
         os.killpg(pgid, signal.SIGCONT)
-        t0 = time.monotonic()
+        t1 = time.monotonic()
         done.set()
         sampler.join()
     wait_until(lambda: timed(f"{stack.api_url}/readyz")[0] == 200 and timed(polled, headers)[0] == 200, 20,
                f"the API to serve again after {part} resumed")
+    noticed = min((at + seconds for at, status, seconds, _ in readiness if status == 503), default=None)
     return {"first": first, "later": later, "health": health, "ready": ready, "ready_body": ready_body,
-            "other": other, "recovered_s": time.monotonic() - t0}
+            "other": other, "recovered_s": time.monotonic() - t1, "noticed_s": noticed,
+            "ready_after": [status for at, status, *_ in readiness
+                            if noticed is not None and noticed + 1 < at < t1 - t0]}
 
 
 def report(part: str, m: dict) -> None:
@@ -283,8 +367,8 @@ def report(part: str, m: dict) -> None:
 
     print(f"\n{part} hung: 40 polls as it began: slowest {worst(m['first']):.2f} s; 160 polls in the 4 s after: "
           f"slowest {worst(m['later']):.2f} s (statuses {sorted({p[0] for p in m['first'] + m['later']})}); "
-          f"/healthz x{len(m['health'])}: slowest {worst(m['health']):.2f} s; /readyz {m['ready'][0]} in "
-          f"{m['ready'][1]:.2f} s; served again {m['recovered_s']:.1f} s after it resumed")
+          f"/healthz x{len(m['health'])}: slowest {worst(m['health']):.2f} s; first /readyz 503 at {m['noticed_s']:.2f} s "
+          f"after it hung; served again {m['recovered_s']:.1f} s after it resumed")
 
 
 @pytest.mark.parametrize("part", ["redis", "s3"])
@@ -303,6 +387,7 @@ def test_a_hung_redis_or_storage_answers_503_at_once(hangable, part):
         assert status == 503 and retry_after and seconds < 3.0, (status, seconds, retry_after)
     assert {h[0] for h in m["health"]} == {200} and max(h[1] for h in m["health"]) < 1.0
     assert m["ready"][0] == 503 and m["ready"][1] < 1.0
+    assert m["noticed_s"] is not None and m["noticed_s"] < 2.0 and set(m["ready_after"]) == {503}
     assert m["ready_body"]["checks"][{"redis": "redis", "s3": "storage"}[part]].startswith("error")
     if part == "s3":
         assert m["other"][0] == 200 and m["other"][1] < 1.0, m["other"]
