@@ -1,8 +1,8 @@
 """Who is calling. A request carries a tenant's key (`Authorization: Bearer KEY` or
 `X-API-Key: KEY`) or, from a browser, the HttpOnly session cookie that the sign-in page
 sets. The key never travels in a URL. A state-changing request authenticated by the
-cookie must come from this origin (`Origin` or `Referer`), so other sites cannot
-forge it (CSRF). Pages without a valid session go to the sign-in page, and back to a path
+cookie must come from this origin (`Sec-Fetch-Site`, else `Origin` or `Referer`), so
+other sites cannot forge it (CSRF). Pages without a valid session go to the sign-in page, and back to a path
 of this site only. Every response carries headers that confine what a page may load."""
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ from shared.tenants import Principal
 COOKIE = "xaiq_session"
 # Scripts from this site's files only; styles may be inline (the pages' own <style>); pictures from
 # this site, data: URLs (the audit report's) and the storage endpoint (presigned URLs); no frames
-# of this site elsewhere. No Referer ever: it would carry a page's job id to the storage endpoint.
+# of this site elsewhere. /docs adds the hash of its template's one inline script. No Referer ever:
+# it would carry a page's job id to the storage endpoint.
 CSP = ("default-src 'none'; script-src 'self'{scripts}; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data: {storage}; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
        "base-uri 'none'")
 HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
-INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.S)
+INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
 
 OPEN = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/ui/signin", "/favicon.ico")
 SAFE = ("GET", "HEAD", "OPTIONS")

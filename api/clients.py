@@ -4,6 +4,7 @@ while a probe says its part is down every call to it fails at once (503), so req
 need a hung part never hold the request threads that /healthz and everything else need."""
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -16,6 +17,8 @@ from shared.backends import Backends
 from shared.jobs import JobStore, redis_client, release_waiting
 from shared.storage import Storage
 from shared.storage import release_waiting as release_storage
+
+log = logging.getLogger("xaiq")
 
 
 class Probe:
@@ -49,10 +52,14 @@ class Probe:
                 error = None
             except Exception as e:  # noqa: BLE001 - any failure means down
                 error = f"{self.name} is down (its probe got {type(e).__name__})"
-            went_down, self.error = error is not None and self.error is None, error
+            before, self.error = self.error, error
             self.checked.set()
-            if went_down and self.on_down:
-                self.on_down()
+            if error and not before:
+                log.warning("%s: requests that need it answer 503 until it answers again", error)
+                if self.on_down:
+                    self.on_down()
+            elif before and not error:
+                log.warning("%s answers again", self.name)
             time.sleep(self.every)
 
     def down(self) -> str:

@@ -4,11 +4,10 @@ name; even so only the admin key reads them unless `metrics_public` is set."""
 from __future__ import annotations
 
 from flask import Flask, Response
-
-from api import auth
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from api import auth
 
 COUNTERS = {
     "jobs_submitted": "Jobs submitted",

@@ -56,10 +56,10 @@ class Settings(BaseSettings):
     session_hours: float = Field(12.0, gt=0)
     """Lifetime of a browser sign-in."""
     api_wait_s: float = Field(1.0, gt=0, le=30)
-    """Longest the API waits for one Redis or storage answer (connect and read); a request that needs a
-    hung Redis or storage answers 503 with Retry-After within about twice this. Each API process probes
-    both every quarter of it in the background (a probe gives up after half of it): while a probe says
-    down, requests that need that part answer 503 at once and /readyz says so without asking it."""
+    """Longest the API waits for one Redis or storage answer (connect, then read; storage gets twice this
+    in all, retries included). Each API process asks both every quarter of it in a background probe that
+    gives up after half of it: while a probe says down, calls to that part fail at once (503 with
+    Retry-After), requests already waiting on it are released, and /readyz answers from the probe."""
     metrics_public: bool = False
     """Whether /metrics answers without a key (for a scraper inside a private network). By default it
     needs the admin key (`Authorization: Bearer`), since even service-wide totals (jobs, images, queue

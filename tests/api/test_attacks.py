@@ -145,10 +145,9 @@ def test_public_metrics_are_totals_without_tenants(settings, client, digits_mode
     app = create_app(settings.model_copy(update={"metrics_public": True}), reaper=False)
     resp = app.test_client().get("/metrics")
     text = resp.get_data(as_text=True)
-    assert resp.status_code == 200 and float(re.search(r"^xaiq_jobs_submitted_total (\S+)$", text, re.MULTILINE)[1]) >= 1
-    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert samples and not [line for line in samples if "{" in line]    # no labels at all, so no tenant
-    assert "alice" not in text and "tenant=" not in text
+    assert resp.status_code == 200
+    assert float(re.search(r"^xaiq_jobs_submitted_total (\S+)$", text, re.MULTILINE)[1]) >= 1   # alice's job counts
+    assert "alice" not in text and not re.search(r"\{[^}]*tenant", text)                       # but is not named
 
 
 # --- headers that confine every page
@@ -211,7 +210,7 @@ def test_pages_work_under_the_policy(stack, client, tenant_key, digits_model, di
         page.click("#signin button[type=submit]")
         page.wait_for_url(f"**/ui/jobs/{job}")
         page.wait_for_load_state("networkidle")
-        broken = page.eval_on_selector_all("img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length")
+        broken = page.eval_on_selector_all("img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth)).length")
         assert page.locator("img").count() >= 6 and broken == 0
         page.goto(f"{stack.api_url}/docs")
         page.wait_for_selector(".opblock", timeout=20000)
@@ -250,6 +249,10 @@ def silent_server():
     server.close()
 
 
+def hung_at(settings, address: str):
+    return settings.model_copy(update={"redis_url": f"redis://{address}/0", "s3_endpoint": f"http://{address}"})
+
+
 def test_every_api_call_to_a_silent_server_is_bounded(settings, silent_server):
     """Without any probe, one Redis call of the API waits `api_wait_s` once (no retry of a
     timeout), and a storage call stops within its budget of twice that."""
@@ -258,7 +261,7 @@ def test_every_api_call_to_a_silent_server_is_bounded(settings, silent_server):
     from shared.jobs import redis_client
     from shared.storage import Storage, StorageUnavailable
 
-    s = settings.model_copy(update={"redis_url": f"redis://{silent_server}/0", "s3_endpoint": f"http://{silent_server}"})
+    s = hung_at(settings, silent_server)
     t = time.monotonic()
     with pytest.raises((redis.TimeoutError, redis.ConnectionError)):
         redis_client(s, patient=False).get("x")
@@ -280,7 +283,7 @@ def test_a_known_outage_fails_at_once(settings, silent_server):
     from shared.jobs import redis_client
     from shared.storage import Storage, StorageUnavailable
 
-    s = settings.model_copy(update={"redis_url": f"redis://{silent_server}/0", "s3_endpoint": f"http://{silent_server}"})
+    s = hung_at(settings, silent_server)
     t = time.monotonic()
     with pytest.raises(redis.ConnectionError, match="probe says"):
         redis_client(s, patient=False, down=lambda: "redis is down: the probe says so").get("x")
@@ -367,8 +370,8 @@ def report(part: str, m: dict) -> None:
 
     print(f"\n{part} hung: 40 polls as it began: slowest {worst(m['first']):.2f} s; 160 polls in the 4 s after: "
           f"slowest {worst(m['later']):.2f} s (statuses {sorted({p[0] for p in m['first'] + m['later']})}); "
-          f"/healthz x{len(m['health'])}: slowest {worst(m['health']):.2f} s; first /readyz 503 at {m['noticed_s']:.2f} s "
-          f"after it hung; served again {m['recovered_s']:.1f} s after it resumed")
+          f"/healthz x{len(m['health'])}: slowest {worst(m['health']):.2f} s; first /readyz 503 "
+          f"{m['noticed_s']:.2f} s after it hung; served again {m['recovered_s']:.1f} s after it resumed")
 
 
 @pytest.mark.parametrize("part", ["redis", "s3"])
