@@ -74,7 +74,7 @@ def release_waiting() -> None:
                 conn.sock.shutdown(socket.SHUT_RDWR)
 
 
-def _client(endpoint: str, s: Settings, patient: bool = True) -> Minio:
+def _client(endpoint: str, s: Settings, patient: bool) -> Minio:
     """Workers wait `storage_timeout_s` per request and let urllib3 retry once; the API waits
     `api_wait_s`, leaves every retry to `Storage._call`, which keeps to its budget, and its
     connections can be released (`release_waiting`)."""
