@@ -24,7 +24,7 @@ def reference_saliency(model, x: torch.Tensor) -> np.ndarray:
     return (attr - lo) / (hi - lo)
 
 
-def test_bulk_saliency_job_of_64_images_matches_captum(client, digits_model, digit_pngs, digits_torch):
+def test_bulk_saliency_job_of_64_images_matches_captum(client, admin, digits_model, digit_pngs, digits_torch):
     pngs, labels = digit_pngs
     t0 = time.monotonic()
     job = client.submit(pngs, model="digits-cnn", methods={"saliency": {}})
@@ -55,8 +55,8 @@ def test_bulk_saliency_job_of_64_images_matches_captum(client, digits_model, dig
     for it in items:   # each unit says how busy the device was and what its methods ran in
         assert 0 < it["timings"]["device_busy"] <= 1 and it["timings"]["unit"] > 0
         assert it["precision"] == {"saliency": "fp32"}
-    metrics = dict(line.rsplit(" ", 1) for line in requests.get(f"{client.server}/metrics", timeout=10).text.splitlines()
-                   if line.startswith("xaiq_"))
+    scraped = admin.session.get(f"{admin.server}/metrics", timeout=10).text   # /metrics needs the admin key
+    metrics = dict(line.rsplit(" ", 1) for line in scraped.splitlines() if line.startswith("xaiq_"))
     assert float(metrics["xaiq_device_seconds_total"]) > 0
     assert 0 < float(metrics["xaiq_device_busy_ratio"]) <= 1
 
