@@ -33,7 +33,8 @@ MODEL_FORMATS: dict[str, ModelFormat] = {f.name: f for f in [
     ModelFormat("state_dict", "a built-in architecture's weights from torch.save(model.state_dict()), read with "
                 "weights_only=True", hooks=True, modules=True, program=False, randomisable=True,
                 own_architecture=False,
-                upload="`torch.save(model.state_dict(), f)`, read with `weights_only=True` (`module.` prefixes removed)"),
+                upload="`torch.save(model.state_dict(), f)`, read with `weights_only=True` "
+                       "(`module.` prefixes removed)"),
     ModelFormat("huggingface", "a zip of a save_pretrained folder (config.json + safetensors)",
                 hooks=True, modules=True, program=False, randomisable=True,
                 configs="shared.huggingface:spec_from_upload",
@@ -91,12 +92,11 @@ def format_of(architecture: str, data: bytes) -> str:
 
 def markdown_table() -> str:
     """The README's table of model formats, from the registry."""
-    from shared.methods import METHODS   # imported here: methods imports this module
+    from shared.methods import METHODS  # imported here: methods imports this module
 
     layer_methods = ", ".join(f"`{m.name}`" for m in METHODS.values() if m.uses_hooks)
-    rows = ["| format | `architecture` in the spec | the file | layer methods "
-            f"({layer_methods}) | audit's weight randomisation | spec from the file |",
-            "|---|---|---|---|---|---|"]
+    rows = [(f"| format | `architecture` in the spec | the file | layer methods ({layer_methods}) | "
+             "audit's weight randomisation | spec from the file |"), "|---|---|---|---|---|---|"]
     builtin = ", ".join(f"`{a}`" for a in BUILTIN_ARCHITECTURES)
     for f in MODEL_FORMATS.values():
         arch = f"`{f.name}`" if f.own_architecture else f"a built-in: {builtin}"

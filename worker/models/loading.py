@@ -13,8 +13,8 @@ from torch import nn
 
 from shared.models import ModelRecords
 from shared.storage import Keys, Storage
-from worker.models.architectures import build
 from worker.explain.context import RunContext
+from worker.models.architectures import build
 from worker.models.prepare import Options, Prepared, prepare
 
 
@@ -55,9 +55,9 @@ def _pickled_state_dict(data: bytes) -> dict:
     sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):  # a training checkpoint
         sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError("the file holds no state_dict (save it with torch.save(model.state_dict(), f))")
-    return sd
+    if isinstance(sd, dict):
+        return sd
+    raise ValueError("the file holds no state_dict (save it with torch.save(model.state_dict(), f))")
 
 
 # The formats that are a built-in architecture's weights, and how each is read.

@@ -16,9 +16,9 @@ from torch import nn
 
 import worker.explain as E
 from shared.methods import METHODS
-from worker.models import exported
 from tests.zoo import digits_cnn
 from tests.zoo import exported as export_program
+from worker.models import exported
 from worker.models.loading import build_model, layers
 from worker.models.opcheck import ForbiddenOperator
 

@@ -52,6 +52,15 @@ def _info(name: str, weights: bytes) -> dict:
     return {**d, "version": version_of(h, d), "shared": False, "weights_sha256": h.hexdigest()}
 
 
+def _together(start: threading.Barrier, errors: list, fn, *args) -> None:
+    """Call fn(*args) as soon as the other thread is ready too; keep what it raises."""
+    start.wait()
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - reported by the test
+        errors.append(e)
+
+
 def test_a_replace_and_a_finishing_inspection_lose_nothing(owner):
     st, keys, r = owner
     name, rounds = "raced", 12
@@ -63,16 +72,10 @@ def test_a_replace_and_a_finishing_inspection_lose_nothing(owner):
         inspection = ModelRecords(Jittery(st, 2 * k), keys, r)
         replace = ModelRecords(Jittery(st, 2 * k + 1), keys, r)
         start, errors = threading.Barrier(2), []
-
-        def run(fn, *args):
-            start.wait()
-            try:
-                fn(*args)
-            except Exception as e:  # noqa: BLE001 - reported below
-                errors.append(e)
-
-        threads = [threading.Thread(target=run, args=(inspection.set_result, name, infos[k]["version"], READY)),
-                   threading.Thread(target=run, args=(replace.register, infos[k + 1], weights[k + 1], True))]
+        threads = [threading.Thread(target=_together, args=(start, errors, inspection.set_result, name,
+                                                            infos[k]["version"], READY)),
+                   threading.Thread(target=_together, args=(start, errors, replace.register, infos[k + 1],
+                                                            weights[k + 1], True))]
         for t in threads:
             t.start()
         for t in threads:
@@ -123,3 +126,20 @@ def test_the_same_ready_version_again_needs_no_inspection(owner):
     records.register(other, other_weights, replace=True)
     assert records.set_result("again", other["version"], invalid)["layers"] == []
     assert records.register(other, other_weights, replace=True)[1]   # not ready: inspected again
+
+
+def test_records_written_before_the_split_still_read(owner):
+    """A stack's older model.json (the whole manifest, versions with their statuses) reads as
+    before: statuses come from the versions' own records."""
+    st, keys, r = owner
+    weights = secrets.token_bytes(64)
+    info = {**_info("older", weights), "status": "ready", "layers": READY["layers"], "created": 1.0}
+    st.put(keys.weights("older", info["version"]), weights)
+    st.put_json(keys.version("older", info["version"]), info)
+    st.put_json(keys.model("older"), {**info, "status": "registering",
+                                      "versions": [{"version": info["version"], "status": "registering",
+                                                    "created": 1.0}]})
+    model = ModelRecords(st, keys).get("older")
+    assert model["status"] == "ready" and model["versions"] == [
+        {"version": info["version"], "created": 1.0, "status": "ready", "error": None}]
+    assert ModelRecords(st, keys, r).delete("older") == 3
