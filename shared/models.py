@@ -20,9 +20,12 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from shared.storage import Keys, Storage
+from minio.error import S3Error
+
+from shared.storage import MISSING, Keys, Storage
 
 LOCK_S = 30.0       # a change holds its model's lock at most this long (a few small reads and writes)
 LOCK_WAIT_S = 35.0  # how long a change waits for the lock before giving up
@@ -58,6 +61,15 @@ class ModelRecords:
         """One version's record (what a job bound to it loads), or None."""
         return self.st.get_json_or_none(self.keys.version(name, version))
 
+    def weights(self, name: str, version: str) -> bytes | None:
+        """A version's uploaded file, or None when it was deleted."""
+        try:
+            return self.st.get(self.keys.weights(name, version))
+        except S3Error as e:
+            if e.code in MISSING:
+                return None
+            raise
+
     def exists(self, name: str) -> bool:
         return self.st.exists(self.keys.model(name))
 
@@ -82,8 +94,9 @@ class ModelRecords:
         return sorted(filter(None, map(self.keys.model_name, self.st.list(self.keys.models(), limit=10000))))
 
     def list(self) -> list[dict]:
-        """Every model of this owner, by name."""
-        return [m for m in map(self.get, self.names()) if m is not None]
+        """Every model of this owner, by name (read side by side: each is a few small objects)."""
+        with ThreadPoolExecutor(8) as pool:
+            return [m for m in pool.map(self.get, self.names()) if m is not None]
 
     # --- changes, each under the model's lock
     @contextmanager

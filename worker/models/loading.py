@@ -172,12 +172,13 @@ class ModelCache:
     def get(self, st: Storage, keys: Keys, name: str, version: str, device: torch.device) -> LoadedModel:
         key = (keys.tenant, name, version)
         if key not in self.models:
-            info = ModelRecords(st, keys).version(name, version)
-            if info is None:
-                raise ValueError(f"model {name!r} version {version} was deleted")
-            if info["status"] != "ready":
+            records = ModelRecords(st, keys)
+            info = records.version(name, version)
+            if info is not None and info["status"] != "ready":
                 raise ValueError(f"model {name!r} version {version} is {info['status']}")
-            data = st.get(keys.weights(name, version))
+            data = records.weights(name, version) if info is not None else None
+            if info is None or data is None:
+                raise ValueError(f"model {name!r} version {version} was deleted")
             if hashlib.sha256(data).hexdigest() != info.get("weights_sha256"):
                 raise ValueError(f"model {name!r}: the stored weights are not those of version {version}")
             model = build_model(info, data).to(device)

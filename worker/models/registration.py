@@ -9,7 +9,7 @@ import logging
 
 from shared.models import ModelRecords
 from shared.settings import Settings
-from shared.storage import MISSING, Keys, Storage
+from shared.storage import Keys, Storage
 from worker.models.sandbox import inspect_untrusted
 
 log = logging.getLogger("xaiq.worker")
@@ -30,22 +30,11 @@ def checked(r, info: dict, data: bytes, s: Settings) -> dict:
     return result
 
 
-def _weights(st: Storage, keys: Keys, name: str, version: str) -> bytes | None:
-    from minio.error import S3Error
-
-    try:
-        return st.get(keys.weights(name, version))
-    except S3Error as e:
-        if e.code in MISSING:
-            return None
-        raise
-
-
 def inspect_version(st: Storage, keys: Keys, name: str, version: str, s: Settings, r=None) -> dict | None:
     """Inspect one version and record the verdict; None when the model was deleted first."""
     records = ModelRecords(st, keys, r)
     info = records.version(name, version)
-    data = _weights(st, keys, name, version) if info is not None else None
+    data = records.weights(name, version) if info is not None else None
     if info is None or data is None:
         log.info("model %s version %s: deleted before its inspection", name, version)
         return None
