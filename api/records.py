@@ -12,6 +12,7 @@ from flask import url_for
 from api import auth, clients
 from api.errors import ApiError
 from shared.jobs import JobState, JobStatus
+from shared.models import ModelRecords
 from shared.schemas import NAME
 from shared.storage import Keys, Storage
 
@@ -145,7 +146,7 @@ def find_model(name: str) -> tuple[dict, str]:
     st = clients.get().storage
     if NAME.match(name):
         for scope, k in (("tenant", keys()), ("shared", Keys(None))):
-            info = st.get_json_or_none(k.model(name))
+            info = ModelRecords(st, k).get(name)
             if info is not None:
                 return info, scope
     raise ApiError(404, f"unknown model {name[:64]!r}: register it with POST /v1/models (see GET /v1/models)")

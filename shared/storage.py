@@ -2,7 +2,7 @@
 
 Every object key is spelled here, in `Keys`, and nowhere else (one bucket). Each tenant's
 objects lie under `tenants/{tenant}/`; the shared, read-only models under `models/`:
-  models/{name}/model.json                  a model's current manifest (with its versions)
+  models/{name}/model.json                  a model's record: its current version and versions
   models/{name}/{version}/model.json|weights  one version (content hash of weights and spec)
   uploads/{path}                            images stored with POST /v1/uploads
   inputs/{job}/{i}.png                      images uploaded with a job
@@ -239,6 +239,10 @@ class Keys:
         """The model a listed key under `models()` is the manifest of, else None."""
         rest = key[len(self.models()):].split("/") if key.startswith(self.models()) else []
         return rest[0] if len(rest) == 2 and rest[1] == "model.json" else None
+
+    def model_files(self, name: str) -> str:
+        """The prefix of every object of one model (its record, versions and weights)."""
+        return f"{self.root}models/{name}/"
 
     def version(self, name: str, version: str) -> str:
         return f"{self.root}models/{name}/{version}/model.json"
