@@ -51,7 +51,9 @@ def quiet_broken_pipe() -> int:
 
 def run(fn, args) -> int:
     try:
-        return fn(args)
+        code = fn(args)
+        sys.stdout.flush()      # inside the try: a reader gone shows here, not at exit
+        return code
     except BrokenPipeError:
         return quiet_broken_pipe()
     except KeyboardInterrupt:

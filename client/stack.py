@@ -409,6 +409,11 @@ class Stack:
         self._spawn(name, self.worker_cmd(name), self.env(**extra))
 
     def start(self, api: bool = True) -> None:
+        """Every part; a public port that is taken is an error before any part starts."""
+        public = [("redis", "Redis", self.redis_port)] if self.managed_redis else []
+        public += [("s3", "the S3 server", self.s3_port)] + ([("api", "the API", self.api_port)] if api else [])
+        for part, what, port in public:
+            self._need_ports(part, what, [port])
         self.start_redis()
         self.start_s3()
         if api:
@@ -455,8 +460,9 @@ class Stack:
             for proc in self.procs.values():
                 proc.poll()
 
-        procs.stop_groups(first, grace, reap)
-        procs.stop_groups(last, grace, reap)
+        killed = procs.stop_groups(first, grace, reap) + procs.stop_groups(last, grace, reap)
+        if killed:
+            self.log(f"{', '.join(live[g] for g in killed)} did not stop within {grace:g} s: killed")
         for proc in self.procs.values():
             try:
                 proc.wait(5)
