@@ -12,11 +12,16 @@ from client.cli_audit import add_audit_command
 from client.cli_common import CliError, say
 from client.cli_jobs import add_job_commands
 from client.cli_models import add_model_commands
-from client.cli_stack import add_stack_commands, register_digits, tenant_key, write_digit_samples
+from client.cli_stack import (
+    add_stack_commands,
+    register_digits,
+    tenant_key,
+    write_digit_samples,
+)
 from client.inputs import InputError
 from client.sdk import AmbiguousJob, ApiError, JobNotFound, Unreachable
 
-__all__ = ["main", "build_parser", "register_digits", "tenant_key", "write_digit_samples"]
+__all__ = ["build_parser", "main", "register_digits", "tenant_key", "write_digit_samples"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +73,7 @@ def run(fn, args) -> int:
     except (Unreachable, JobNotFound, AmbiguousJob, TimeoutError, RuntimeError) as e:
         say(f"error: {e}")
         return 1
-    except Exception as e:  # noqa: BLE001 - a one-line error, the traceback on request
+    except Exception as e:
         if os.environ.get("XAIQ_DEBUG"):
             raise
         say(f"error: {type(e).__name__}: {e} (XAIQ_DEBUG=1 shows the traceback)")

@@ -14,7 +14,8 @@ def cmd_keys(args) -> int:
         made = client.create_key(args.tenant, args.name or "")
         print(f"key for tenant {made['tenant']} (id {made['id']}); it is shown only now:\n{made['key']}")
     elif args.action == "list":
-        for k in client.keys():
+        made = client.keys()
+        for k in made:
             print(f"{k['id']}  {k['tenant']:20} {time.strftime('%Y-%m-%d %H:%M', time.localtime(k['created']))}  {k['name']}")
     else:
         print(f"revoked {client.revoke_key(args.id)['revoked']}")

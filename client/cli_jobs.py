@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from client.cli_common import CliError, client_of, parse_json, say, show_json, when, with_json, with_server
+from client.cli_common import (
+    CliError,
+    client_of,
+    parse_json,
+    say,
+    show_json,
+    when,
+    with_json,
+    with_server,
+)
 from client.inputs import check_unique, parse_labels, scan, skipped_summary
 
 

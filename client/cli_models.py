@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from client.cli_common import CliError, client_of, parse_json, say, show_json, table, when, with_json, with_server
+from client.cli_common import (
+    CliError,
+    client_of,
+    parse_json,
+    say,
+    show_json,
+    table,
+    when,
+    with_json,
+    with_server,
+)
 from client.sdk import ApiError
 
 

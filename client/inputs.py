@@ -92,8 +92,8 @@ def check_unique(named: list[tuple[str, object]], what: str = "a job keeps one n
     if twice:
         lines = [f"  {n}: {', '.join(s)}" for n, s in list(twice.items())[:20]]
         more = [f"  … and {len(twice) - 20} more"] if len(twice) > 20 else []
-        raise InputError("\n".join([f"{len(twice)} name(s) occur more than once ({what}); rename the files or "
-                                    "send them separately:", *lines, *more]))
+        head = f"{len(twice)} name(s) occur more than once ({what}); rename the files or send them separately:"
+        raise InputError("\n".join([head, *lines, *more]))
 
 
 def parse_labels(value: str) -> list[int | str]:

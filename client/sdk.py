@@ -15,8 +15,8 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -163,8 +163,7 @@ class Client:
         """Stream the URL's body into `path` (written whole or not at all)."""
         part = path.with_name(path.name + ".part")
         with self.fetch(url) as r, open(part, "wb") as f:
-            for chunk in r.iter_content(1 << 20):
-                f.write(chunk)
+            f.writelines(r.iter_content(1 << 20))
         os.replace(part, path)
 
     # --- models
