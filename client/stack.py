@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -174,12 +175,12 @@ def down(root: Path, grace: float = 10.0) -> list[str]:
     stopped = []
     sup = run.get("supervisor")
     if procs.alive(sup):
-        os.kill(sup["pid"], 15)
+        os.kill(sup["pid"], signal.SIGTERM)
         deadline = time.monotonic() + 2 * grace + 30
         while procs.alive(sup) and time.monotonic() < deadline:
             time.sleep(0.1)
         if procs.alive(sup):
-            os.kill(sup["pid"], 9)
+            os.kill(sup["pid"], signal.SIGKILL)
         stopped.append(f"its supervisor (pid {sup['pid']})")
     left = leftovers(root, run)
     if left:
@@ -303,9 +304,6 @@ class Stack:
                                f"`xaiq down --dir {self.root}`, or choose another folder with --dir")
         if not procs.alive(sup):
             left = leftovers(self.root, run)
-            for port in (self.api_port, self.s3_port, self.redis_port, *self.s3_extra.values()):
-                left.update({os.getpgid(pid): "a process of this folder" for pid in procs.listeners(port)
-                             if works_in(pid, self.root) and pid != os.getpid()})
             if left:
                 self.log(f"stopping what an earlier run left behind: {', '.join(sorted(set(left.values())))}")
                 procs.stop_groups(list(left), self.grace)

@@ -170,12 +170,12 @@ def test_kill_stops_everything_up_started_even_a_hung_worker(tmp_path, digit_png
     up.proc.send_signal(signal.SIGTERM)
     assert up.proc.wait(60) == 0
     took = time.monotonic() - t0
-    assert not procs.members(up.groups) or not any(procs.members(up.groups).values())
+    assert not any(procs.members(up.groups).values())
     log = (tmp_path / "logs" / "supervisor.log").read_text()
     assert "worker0" in log and "did not stop within 2 s: killed" in log
     assert took < 2 * 2 + 15, took        # two phases of the grace period, then SIGKILL
     assert not (tmp_path / "run.json").exists()
-    print(f"SIGTERM to a stopped stack: {took:.1f} s")
+    print(f"SIGTERM to `xaiq up` with a hung worker: everything stopped in {took:.1f} s (grace 2 s)")
 
 
 def test_down_stops_a_stack_started_in_another_terminal(tmp_path, capsys):
