@@ -114,15 +114,20 @@ class Client:
                     return r
             except requests.ConnectionError as e:
                 if not self._reached or time.monotonic() + delay > deadline:
-                    raise self._unreachable(e) from e
+                    raise self._unreachable(e, url) from e
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    def _unreachable(self, e: requests.ConnectionError) -> Unreachable:
+    def _unreachable(self, e: requests.ConnectionError, url: str) -> Unreachable:
+        parts = urlsplit(url)
+        where = f"{parts.scheme}://{parts.netloc}"
         if any(isinstance(a, urllib3.exceptions.ProtocolError) for a in e.args):   # connected, then cut off
-            return Unreachable(f"the connection to {self.server} broke while the request was sent or answered "
+            return Unreachable(f"the connection to {where} broke while the request was sent or answered "
                                f"({e.args[0].args[0] if e.args[0].args else e}); a request the server refuses "
                                "early (too large?) ends like this")
+        own = urlsplit(self.server)
+        if where != f"{own.scheme}://{own.netloc}":
+            return Unreachable(f"cannot reach {where} (a results URL the server gave)")
         return Unreachable(f"cannot reach {self.server}: is `xaiq up` running? "
                            "(the server comes from --server or $XAIQ_SERVER)")
 
