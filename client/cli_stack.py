@@ -68,7 +68,8 @@ def _raise_stopped(signum, frame):
 def supervised(stack):
     """Run the body; whatever ends it (Ctrl-C, SIGTERM, SIGHUP, an error), stop the stack,
     with further signals ignored until everything is stopped."""
-    for sig in STOP_SIGNALS[:2]:
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_stopped)
     try:
         yield
@@ -81,8 +82,8 @@ def supervised(stack):
         stack.stop()
         if started:
             say("stopped")
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
+        for sig, handler in before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def supervise(stack) -> None:

@@ -40,11 +40,18 @@ class Up:
         self.proc = subprocess.Popen([sys.executable, "-m", "client.cli", "up", "--dir", str(folder), "--port", "0",
                                       "--torch-threads", "1", *flags], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT)
-        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
         wait_until(lambda: self.proc.poll() is not None or any("xaiq is up" in x for x in self.lines), 180, "xaiq up")
         assert self.proc.poll() is None, "".join(self.lines)
         self.state = json.loads((folder / "stack.json").read_text())
         self.groups = list(live_groups(folder))
+
+    def finish(self, timeout: float) -> int:
+        """Its exit code, once it has exited and all its output is read."""
+        code = self.proc.wait(timeout)
+        self.reader.join(10)
+        return code
 
     def client(self):
         from client.sdk import Client
@@ -168,7 +175,7 @@ def test_kill_stops_everything_up_started_even_a_hung_worker(tmp_path, digit_png
         os.kill(pid, signal.SIGSTOP)
     t0 = time.monotonic()
     up.proc.send_signal(signal.SIGTERM)
-    assert up.proc.wait(60) == 0
+    assert up.finish(60) == 0
     took = time.monotonic() - t0
     assert not any(procs.members(up.groups).values())
     log = (tmp_path / "logs" / "supervisor.log").read_text()
@@ -178,6 +185,15 @@ def test_kill_stops_everything_up_started_even_a_hung_worker(tmp_path, digit_png
     print(f"SIGTERM to `xaiq up` with a hung worker: everything stopped in {took:.1f} s (grace 2 s)")
 
 
+def test_ctrl_c_stops_everything_as_kill_does(tmp_path):
+    from client import procs
+
+    up = Up(tmp_path, "--no-demo-model")
+    up.proc.send_signal(signal.SIGINT)
+    assert up.finish(60) == 0 and "stopped" in "".join(up.lines)
+    assert not any(procs.members(up.groups).values())
+
+
 def test_down_stops_a_stack_started_in_another_terminal(tmp_path, capsys):
     from client import procs
     from client.cli import main
@@ -185,7 +201,7 @@ def test_down_stops_a_stack_started_in_another_terminal(tmp_path, capsys):
     up = Up(tmp_path, "--no-demo-model")
     assert main(["down", "--dir", str(tmp_path)]) == 0
     assert "stopped the stack in" in capsys.readouterr().out
-    assert up.proc.wait(30) == 0 and "stopped" in "".join(up.lines)
+    assert up.finish(30) == 0 and "stopped" in "".join(up.lines)
     assert not any(procs.members(up.groups).values())
     assert main(["down", "--dir", str(tmp_path)]) == 0
     assert "no stack is running" in capsys.readouterr().out
