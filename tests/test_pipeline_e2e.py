@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import io
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import requests
@@ -86,6 +88,9 @@ def test_cli_submit_downloads_pictures_maps_and_unit_figures(stack, tenant_key, 
                "--server", stack.api_url, "--out", str(out)])
     assert rc == 0
     (job_dir,) = out.iterdir()
-    names = {p.name for p in job_dir.iterdir()}
-    assert {"00000-saliency.png", "00002-filters.npy", "results.json", "unit-0-figure.png",
-            "unit-0-filters-visualizations-1.png"} <= names
+    files = {p.relative_to(job_dir).as_posix() for p in job_dir.rglob("*") if p.is_file()}
+    stems = [Path(name).stem for name, _ in digit_pngs[0][:3]]
+    assert {f"00000-{stems[0]}/saliency.png", f"00002-{stems[2]}/filters.npy", "results.json", "units/0/figure.png",
+            "units/0/filters-visualizations-1.png"} <= files, sorted(files)
+    record = json.loads((job_dir / "results.json").read_text())
+    assert record["job"] == job_dir.name and [im["name"] for im in record["images"]] == [n for n, _ in digit_pngs[0][:3]]
