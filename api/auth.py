@@ -1,11 +1,15 @@
 """Who is calling. A request carries a tenant's key (`Authorization: Bearer KEY` or
 `X-API-Key: KEY`) or, from a browser, the HttpOnly session cookie that the sign-in page
 sets. The key never travels in a URL. A state-changing request authenticated by the
-cookie must come from this origin (`Origin` or `Referer`), so other sites cannot
-forge it (CSRF). Pages without a valid session go to the sign-in page."""
+cookie must come from this origin (`Sec-Fetch-Site`, else `Origin` or `Referer`), so
+other sites cannot forge it (CSRF). Pages without a valid session go to the sign-in page, and back to a path
+of this site only. Every response carries headers that confine what a page may load."""
 from __future__ import annotations
 
-from urllib.parse import urlparse
+import base64
+import hashlib
+import re
+from urllib.parse import unquote, urlsplit
 
 from flask import Flask, g, redirect, request, url_for
 
@@ -14,6 +18,16 @@ from api.errors import ApiError, error_response
 from shared.tenants import Principal
 
 COOKIE = "xaiq_session"
+# Scripts from this site's files only; styles may be inline (the pages' own <style>); pictures from
+# this site, data: URLs (the audit report's) and the storage endpoint (presigned URLs); no frames
+# of this site elsewhere. /docs adds the hash of its template's one inline script. No Referer ever:
+# it would carry a page's job id to the storage endpoint.
+CSP = ("default-src 'none'; script-src 'self'{scripts}; style-src 'self' 'unsafe-inline'; "
+       "img-src 'self' data: {storage}; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+       "base-uri 'none'")
+HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
+
 OPEN = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/ui/signin", "/favicon.ico")
 SAFE = ("GET", "HEAD", "OPTIONS")
 
@@ -30,8 +44,39 @@ def is_page(path: str) -> bool:
 
 
 def same_origin() -> bool:
+    """The browser says the request comes from this origin: `Sec-Fetch-Site` where it sends one
+    (it cannot be set by a page), else `Origin` or `Referer` (pages send no Referer: see HEADERS)."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site:
+        return site == "same-origin"
     source = request.headers.get("Origin") or request.headers.get("Referer") or ""
-    return bool(source) and urlparse(source).netloc == request.host
+    return bool(source) and urlsplit(source).netloc == request.host
+
+
+PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/%?-]*$")   # printable ASCII: no space, backslash or #
+
+
+def _decoded(target: str, rounds: int = 4) -> str | None:
+    """`target` percent-decoded until it no longer changes; None if that takes more rounds."""
+    for _ in range(rounds):
+        target, before = unquote(target, errors="replace"), target
+        if target == before:
+            return target
+    return None
+
+
+def same_site_path(target: str | None) -> str | None:
+    """`target` if it is a plain path of this site, else None. Browsers drop tabs and newlines
+    inside a URL and read a backslash as a slash, so `/<TAB>/evil.com` or `/\\evil.com` would
+    leave the site: any control character, space, backslash, non-ASCII, `//` or `..` is refused,
+    also once percent-decoded (`/%09/evil.com`, `/%2F%2Fevil.com`, twice encoded or more)."""
+    target = (target or "").strip()
+    decoded = _decoded(target) if PLAIN_PATH.match(target) else None
+    if decoded is None or not PLAIN_PATH.match(decoded) or urlsplit(decoded).netloc:
+        return None
+    if "//" in decoded or "/../" in decoded + "/":
+        return None
+    return target
 
 
 def current() -> Principal:
@@ -44,6 +89,25 @@ def require_admin() -> Principal:
     if not p.admin:
         raise ApiError(403, "this needs the admin key")
     return p
+
+
+def require_admin_key() -> Principal:
+    """For an open route that only the admin may read: 401 without a valid key, 403 with a tenant's."""
+    principal, _ = identify()
+    if principal is None:
+        raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
+    if not principal.admin:
+        raise ApiError(403, "this needs the admin key")
+    return principal
+
+
+def content_security_policy(settings, resp) -> str:
+    storage = urlsplit(settings.s3_public_endpoint or settings.s3_endpoint)
+    scripts = ""
+    if request.endpoint == "docs.docs_page":   # its template's own inline script; it renders no request data
+        scripts = "".join(f" 'sha256-{base64.b64encode(hashlib.sha256(body).digest()).decode()}'"
+                          for body in INLINE_SCRIPT.findall(resp.get_data()))
+    return CSP.format(scripts=scripts, storage=f"{storage.scheme}://{storage.netloc}")
 
 
 def identify() -> tuple[Principal | None, bool]:
@@ -72,3 +136,9 @@ def init_app(app: Flask) -> None:
             return error_response(403, "cross-site request refused: send it from this site's pages")
         g.principal = principal
         return None
+
+    @app.after_request
+    def _confine(resp):
+        resp.headers.update(HEADERS)
+        resp.headers["Content-Security-Policy"] = content_security_policy(clients.get().settings, resp)
+        return resp

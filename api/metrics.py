@@ -1,11 +1,13 @@
 """Prometheus metrics at /metrics, read from Redis at scrape time so that every API and
-worker process adds to the same numbers."""
+worker process adds to the same numbers. They are the service's totals, with no tenant's
+name; even so only the admin key reads them unless `metrics_public` is set."""
 from __future__ import annotations
 
 from flask import Flask, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from api import auth
 
 COUNTERS = {
     "jobs_submitted": "Jobs submitted",
@@ -49,4 +51,7 @@ def init_app(app: Flask) -> None:
 
     @app.get("/metrics")
     def metrics():
+        """Service-wide totals, never per tenant; the admin key unless `metrics_public`."""
+        if not app.extensions["xaiq"].settings.metrics_public:
+            auth.require_admin_key()
         return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")

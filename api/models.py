@@ -1,10 +1,10 @@
-"""/v1/models: register a model (it is checked by a worker, confined, in the background)
-and read its manifest, layers and versions."""
+"""/v1/models: register a model (it is checked by a worker, confined, in the background),
+read its manifest, layers and versions, and delete it. Every record goes through
+`shared.models.ModelRecords`."""
 from __future__ import annotations
 
 import hashlib
-import json
-import time
+import importlib
 
 from flask import Blueprint, request
 
@@ -12,46 +12,37 @@ from api import auth, clients, intake, records
 from api.errors import ApiError
 from api.openapi import doc, multipart
 from shared.contracts import WorkItem
-from shared.schemas import ModelInfo, ModelList, ModelSpec, RegisterQuery
+from shared.formats import MODEL_FORMATS, format_of, reads_configs
+from shared.models import ModelBusy, ModelExists, ModelRecords, version_of
+from shared.schemas import NAME, DeleteQuery, ModelDeleted, ModelInfo, ModelList, ModelSpec, RegisterQuery
 from shared.storage import Keys
 
 bp = Blueprint("models", __name__, url_prefix="/v1/models")
-FORMATS = ("torchscript", "huggingface", "export")   # architectures that are also their weights' format
 
 
-def weights_format(architecture: str, data: bytes) -> str:
-    if architecture in FORMATS:
-        return architecture
-    if len(data) > 8 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") < len(data):
-        return "safetensors"
-    return "state_dict"  # loaded by the worker with torch.load(weights_only=True)
+def model_records(keys: Keys) -> ModelRecords:
+    c = clients.get()
+    return ModelRecords(c.storage, keys, c.jobs.r)
 
 
 def completed_spec(spec: ModelSpec, data: bytes) -> dict:
-    """The spec, with what a Hugging Face model's configs say where the spec is silent."""
+    """The spec, completed from the upload's configs where its format has them
+    (`shared.formats`: a Hugging Face model's config.json and preprocessor_config.json); the
+    spec wins wherever it speaks."""
     d = spec.model_dump()
-    if spec.architecture == "huggingface":
-        from shared import huggingface
-
-        try:
-            config, preprocessor = huggingface.read_configs(data)
-            found = huggingface.spec_from_configs(config, preprocessor)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ApiError(422, f"weights: not a zip of a save_pretrained folder: {str(e)[:300]}") from None
-        d = {**found, **{k: v for k, v in d.items() if v is not None}}
-        try:
-            ModelSpec.model_validate({k: d[k] for k in ModelSpec.model_fields})
-        except ValueError as e:
-            raise ApiError(422, f"the model's configs give an unusable spec: {str(e)[:300]}") from None
+    if not reads_configs(spec.architecture):
+        return d
+    module, name = MODEL_FORMATS[spec.architecture].configs.split(":")
+    try:
+        found = getattr(importlib.import_module(module), name)(data, d)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ApiError(422, f"weights: {str(e)[:400]}") from None
+    d = {**d, **found}
+    try:
+        ModelSpec.model_validate({k: d[k] for k in ModelSpec.model_fields})
+    except ValueError as e:
+        raise ApiError(422, f"the model's configs give an unusable spec: {str(e)[:300]}") from None
     return d
-
-
-def version_of(weights_hash, spec: dict) -> str:
-    """Content hash of the weights (their sha256, which this leaves as it is) and the spec:
-    a job binds it at submit."""
-    h = weights_hash.copy()
-    h.update(json.dumps(spec, sort_keys=True).encode())
-    return h.hexdigest()[:16]
 
 
 @bp.post("")
@@ -74,41 +65,35 @@ def register_model():
     q = intake.read_query(RegisterQuery)
     shared = q.shared in ("1", "true")
     tenant = (auth.require_admin() if shared else auth.current()).tenant
-    k = Keys(None) if shared else Keys(tenant)
-    c = clients.get()
-    if not shared and c.storage.exists(Keys(None).model(spec.name)):
+    if not shared and model_records(Keys(None)).exists(spec.name):
         raise ApiError(409, f"{spec.name!r} is the name of a shared model; choose another name")
-    current = c.storage.get_json_or_none(k.model(spec.name))
-    if current is not None and q.replace not in ("1", "true"):
+    mine = model_records(Keys(None) if shared else Keys(tenant))
+    replace = q.replace in ("1", "true")
+    if not replace and mine.exists(spec.name):   # before reading the upload's configs; checked again below
         raise ApiError(409, f"model {spec.name!r} exists; POST with ?replace=1 to register a new version")
     d = completed_spec(spec, data)
-    fmt = weights_format(spec.architecture, data)
+    fmt = format_of(spec.architecture, data)
     weights_hash = hashlib.sha256(data)   # once: the weights may be hundreds of MB
-    version = version_of(weights_hash, {**d, "format": fmt})
-    info = {**d, "format": fmt, "version": version, "status": "registering", "layers": [], "created": time.time(),
-            "shared": shared, "weights_sha256": weights_hash.hexdigest()}
-    c.storage.put(k.weights(spec.name, version), data)
-    c.storage.put_json(k.version(spec.name, version), info)
-    versions = [v for v in (current or {}).get("versions", []) if v["version"] != version]
-    info["versions"] = versions + [{"version": version, "status": "registering", "created": info["created"]}]
-    c.storage.put_json(k.model(spec.name), info)
-    c.enqueue(tenant, [WorkItem(tenant=tenant, kind="inspect", shared=shared, model=spec.name, version=version)],
-              front=True)
-    return info, 202
+    info = {**d, "format": fmt, "version": version_of(weights_hash, {**d, "format": fmt}), "shared": shared,
+            "weights_sha256": weights_hash.hexdigest()}
+    try:
+        current, inspect = mine.register(info, data, replace)
+    except (ModelExists, ModelBusy) as e:
+        raise ApiError(409, str(e)) from None
+    if inspect:
+        clients.get().enqueue(tenant, [WorkItem(tenant=tenant, kind="inspect", shared=shared, model=spec.name,
+                                                version=current["version"])], front=True)
+    return mine.get(spec.name) or current, 202
 
 
 @bp.get("")
 @doc(resp={"HTTP_200": ModelList}, tags=["models"])
 def list_models():
     """The models you may use: yours, then the shared ones (yours hide a shared one of the same name)."""
-    st = clients.get().storage
     found: dict[str, dict] = {}
     for k in (records.keys(), Keys(None)):
-        for name in sorted(filter(None, map(k.model_name, st.list(k.models(), limit=10000)))):
-            if name not in found:
-                info = st.get_json_or_none(k.model(name))
-                if info:
-                    found[name] = info
+        for info in model_records(k).list():
+            found.setdefault(info["name"], info)
     return {"models": list(found.values())}
 
 
@@ -117,3 +102,26 @@ def list_models():
 def get_model(name: str):
     """A model's manifest: status, layers by module path (e.g. `cnn.15`), versions."""
     return records.find_model(name)[0]
+
+
+@bp.delete("/<name>")
+@doc(query=DeleteQuery, resp={"HTTP_200": ModelDeleted}, errors=(403, 404, 409), tags=["models"])
+def delete_model(name: str):
+    """Delete a model, every version and its weights, whatever its status (`registering`,
+    `ready`, `invalid`): your own, or (admin key) a shared one. `?shared=1` names the shared
+    model when you also have one of that name. Jobs still bound to one of its versions fail
+    the units that had not loaded it."""
+    q = intake.read_query(DeleteQuery)
+    if not NAME.match(name):
+        raise ApiError(404, f"unknown model {name[:64]!r}")
+    _, scope = records.find_model(name) if q.shared not in ("1", "true") else (None, "shared")
+    if scope == "shared":
+        auth.require_admin()
+    keys = Keys(None) if scope == "shared" else records.keys()
+    try:
+        removed = model_records(keys).delete(name)
+    except ModelBusy as e:
+        raise ApiError(409, str(e)) from None
+    if not removed:
+        raise ApiError(404, f"unknown model {name[:64]!r}")
+    return {"deleted": name, "shared": scope == "shared"}

@@ -15,6 +15,7 @@ from api import auth, clients, signing
 from api.errors import ApiError
 from shared.contracts import IndexPage, ItemRecord, JobManifest, UnitRecords
 from shared.jobs import JobState, JobStatus
+from shared.models import ModelRecords
 from shared.schemas import NAME
 from shared.shards import single_npy
 from shared.storage import Keys, Storage
@@ -245,7 +246,7 @@ def find_model(name: str) -> tuple[dict, str]:
     st = clients.get().storage
     if NAME.match(name):
         for scope, k in (("tenant", keys()), ("shared", Keys(None))):
-            info = st.get_json_or_none(k.model(name))
+            info = ModelRecords(st, k).get(name)
             if info is not None:
                 return info, scope
     raise ApiError(404, f"unknown model {name[:64]!r}: register it with POST /v1/models (see GET /v1/models)")

@@ -13,11 +13,8 @@ bp = Blueprint("ui", __name__)
 
 
 def local_path(target: str | None) -> str:
-    """Where to go after signing in: a path of this site only (no open redirect)."""
-    target = target or ""
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return url_for("ui.jobs_page")
-    return target
+    """Where to go after signing in: a plain path of this site, else the jobs page (no open redirect)."""
+    return auth.same_site_path(target) or url_for("ui.jobs_page")
 
 
 @bp.get("/")

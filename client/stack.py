@@ -3,8 +3,11 @@
 
 Ports, secrets and data live under the stack's folder (`stack.json`, `redis/`, `s3/`), so a
 part that dies is restarted on the same port with the same data, and a second `xaiq up` on
-the same folder resumes the queued jobs and keeps the history. A port that is taken is an
-error that says so; nothing moves to another port."""
+the same folder resumes the queued jobs and keeps the history. Ports are chosen free per
+folder on its first start and kept; a port that is taken is an error that names the flag
+that chooses another. The processes of a run are recorded in `run.json`, so `xaiq down`
+stops a stack started elsewhere and a new start stops the leftovers of one that died.
+Everything the stack writes is private to its user (files 0600, folders 0700)."""
 from __future__ import annotations
 
 import json
@@ -19,13 +22,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from client import procs
+
 BIN = Path(sys.executable).parent
+DEFAULT_API_PORT = 8000
 S3_EXTRA = ("s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
             "filer.port.grpc", "admin.port", "admin.port.grpc")
+PRIVATE_UMASK = 0o077
+# The flag of `xaiq up` that chooses each public port.
+FLAGS = {"redis": "--redis-port", "s3": "--s3-port", "api": "--port"}
 
 
 class PortTaken(RuntimeError):
     pass
+
+
+class StackRunning(RuntimeError):
+    """The folder's stack runs already, under another supervisor."""
 
 
 def port_free(port: int) -> bool:
@@ -44,6 +57,45 @@ def any_free_port() -> int:
         if port_free(p):
             return p
     raise RuntimeError("no free ports")
+
+
+def make_private(path: Path) -> None:
+    """The path and everything below it readable by its owner only (0700 folders, 0600 files)."""
+    if not path.exists():
+        return
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if p.is_symlink() or not (p.is_dir() or p.is_file()):
+            continue
+        os.chmod(p, 0o700 if p.is_dir() else 0o600)
+
+
+def private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace the file at once with a 0600 one (it may hold secrets)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def open_private(path: Path, mode: str = "ab"):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, mode)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def redis_server_binary() -> str:
@@ -73,7 +125,7 @@ def wait_for(check, what: str, timeout: float = 60.0, proc: subprocess.Popen | N
     last = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+            raise RuntimeError(f"{what} exited with code {proc.returncode} (see its log)")
         try:
             if check():
                 return
@@ -83,38 +135,105 @@ def wait_for(check, what: str, timeout: float = 60.0, proc: subprocess.Popen | N
     raise RuntimeError(f"{what} did not come up in {timeout:.0f} s ({last!r})")
 
 
+def holder(port: int) -> str:
+    """Who listens on the port, in words."""
+    for pid in procs.listeners(port):
+        where = procs.cwd(pid)
+        for d in [where, *list(where.parents)[:2]] if where is not None else []:
+            if (d / "stack.json").exists():
+                return f"the xaiq stack in {d} ({procs.describe(pid)})"
+        return procs.describe(pid)
+    return "another program"
+
+
+def works_in(pid: int, root: Path) -> bool:
+    """The process works in the folder or below it (Redis moves to its data folder)."""
+    where = procs.cwd(pid)
+    return where is not None and (where == root or root in where.parents)
+
+
+def leftovers(root: Path, run: dict) -> dict[int, str]:
+    """Process groups recorded in run.json that still have members working in this folder
+    (the stack's own children all run in it): {pgid: part name}."""
+    found = {}
+    for part in run.get("parts", []):
+        if part.get("started") is None:
+            continue
+        for pid in procs.group_members(part["pid"]):
+            started = procs.start_time(pid)
+            if started is not None and started >= part["started"] and works_in(pid, root):
+                found[part["pid"]] = part["name"]
+                break
+    return found
+
+
+def down(root: Path, grace: float = 10.0) -> list[str]:
+    """Stop the stack recorded in the folder: its supervisor (as Ctrl-C would), then any
+    of its processes still alive. Returns what was stopped, in words."""
+    root = Path(root).resolve()
+    run = read_json(root / "run.json")
+    stopped = []
+    sup = run.get("supervisor")
+    if procs.alive(sup):
+        os.kill(sup["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + 2 * grace + 30
+        while procs.alive(sup) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if procs.alive(sup):
+            os.kill(sup["pid"], signal.SIGKILL)
+        stopped.append(f"its supervisor (pid {sup['pid']})")
+    left = leftovers(root, run)
+    if left:
+        procs.stop_groups(list(left), grace)
+        stopped += [f"{name} (pid {pgid})" for pgid, name in left.items()]
+    if not procs.alive(sup):
+        (root / "run.json").unlink(missing_ok=True)
+    return stopped
+
+
 @dataclass
 class Stack:
     root: Path
     workers: int = 1
     gpus: list[str] = field(default_factory=list)
-    api_port: int = 8000          # 0: any free port, chosen once and kept in stack.json
-    s3_port: int = 8333
-    redis_port: int = 6390
+    # Ports: a number is used (and kept); None or 0 takes the folder's saved port, else on the
+    # first start a free one (None: 8000 for the API).
+    api_port: int | None = None
+    s3_port: int | None = None
+    redis_port: int | None = None
     redis_url: str = ""           # use this Redis instead of starting one
     api_key: str = ""             # the admin key; empty: made once and kept
     access_key: str = "xaiq"
     secret_key: str = ""
     torch_threads: int = 0
+    grace: float = 10.0           # seconds a part may take to stop before SIGKILL of its process group
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     held: set[str] = field(default_factory=set)   # parts not to restart for now (an operator's maintenance)
 
     def __post_init__(self):
         self.root = Path(self.root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.logs = self.root / "logs"
-        self.logs.mkdir(exist_ok=True)
+        if not self.root.exists():
+            private_dir(self.root)
+        self.logs = private_dir(self.root / "logs")
+        for name in ("stack.json", "run.json"):
+            make_private(self.root / name)
+        make_private(self.logs)
         self.state_file = self.root / "stack.json"
+        self.run_file = self.root / "run.json"
+        self.spawned: list[dict] = []     # every process group started in this run
+        self._checked = False
         self._load_state()
 
     # --- what is kept between runs: ports and secrets
     def _load_state(self) -> None:
-        saved = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
-        self.api_port = saved.get("api_port") or self.api_port or any_free_port()
-        self.s3_port = saved.get("s3_port") or self.s3_port or any_free_port()
-        self.redis_port = saved.get("redis_port") or self.redis_port or any_free_port()
-        self.s3_extra = saved.get("s3_extra") or {}
+        saved = read_json(self.state_file)
+        new_s3 = bool(self.s3_port) and self.s3_port != saved.get("s3_port")
+        self.api_port = (self.api_port or saved.get("api_port")
+                         or (DEFAULT_API_PORT if self.api_port is None else any_free_port()))
+        self.s3_port = self.s3_port or saved.get("s3_port") or any_free_port()
+        self.redis_port = self.redis_port or saved.get("redis_port") or any_free_port()
+        self.s3_extra = {} if new_s3 else saved.get("s3_extra") or {}   # a new S3 port: new internal ones
         self.secret_key = saved.get("secret_key") or self.secret_key or secrets.token_urlsafe(24)
         self.api_key = saved.get("api_key") or self.api_key or secrets.token_urlsafe(24)
         self.tenant_key = saved.get("tenant_key", "")
@@ -124,8 +243,7 @@ class Stack:
         state = {"api_port": self.api_port, "s3_port": self.s3_port, "redis_port": self.redis_port,
                  "s3_extra": self.s3_extra, "secret_key": self.secret_key, "api_key": self.api_key,
                  "tenant_key": self.tenant_key}
-        self.state_file.touch(mode=0o600)
-        self.state_file.write_text(json.dumps(state, indent=1))
+        write_private(self.state_file, json.dumps(state, indent=1))
 
     # --- what every xaiq process of this stack is told
     @property
@@ -166,26 +284,53 @@ class Stack:
     def log(self, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
         print(line, flush=True)
-        with open(self.logs / "supervisor.log", "a") as f:
+        with open_private(self.logs / "supervisor.log", "a") as f:
             f.write(line + "\n")
 
+    # --- the processes of this run, recorded for `xaiq down` and for the next start
+    def _record(self) -> None:
+        run = {"supervisor": procs.identity(os.getpid()), "root": str(self.root), "parts": self.spawned}
+        write_private(self.run_file, json.dumps(run, indent=1))
+
+    def check_leftovers(self) -> None:
+        """Before the first start: refuse when the folder's stack runs under another
+        supervisor; stop the processes of one that died (they may hold its ports)."""
+        if self._checked:
+            return
+        run = read_json(self.run_file)
+        sup = run.get("supervisor")
+        if procs.alive(sup) and sup["pid"] != os.getpid():
+            raise StackRunning(f"a stack is already running in {self.root} (pid {sup['pid']}); stop it with "
+                               f"`xaiq down --dir {self.root}`, or choose another folder with --dir")
+        if not procs.alive(sup):
+            left = leftovers(self.root, run)
+            if left:
+                self.log(f"stopping what an earlier run left behind: {', '.join(sorted(set(left.values())))}")
+                procs.stop_groups(list(left), self.grace)
+        self._checked = True
+
     def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
-        with open(self.logs / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+        with open_private(self.logs / f"{name}.log") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or self.env(),
-                                    cwd=self.root, start_new_session=True)
+                                    cwd=self.root, start_new_session=True, umask=PRIVATE_UMASK)
         self.procs[name] = proc
+        self.spawned.append({"name": name, **procs.identity(proc.pid), "cmd": cmd})
+        self._record()
         return proc
 
-    def _need_ports(self, what: str, ports: list[int], wait_s: float = 0.0) -> None:
+    def _need_ports(self, part: str, what: str, ports: list[int], wait_s: float = 0.0) -> None:
         """The ports must be free (a restart waits up to `wait_s` for its old socket to go)."""
+        self.check_leftovers()
         deadline = time.monotonic() + wait_s
         while True:
             taken = [p for p in ports if not port_free(p)]
             if not taken:
                 return
             if time.monotonic() >= deadline:
-                raise PortTaken(f"{what}: port {', '.join(map(str, taken))} is taken by another program; stop it, "
-                                f"or use another folder (--dir) for a stack with other ports")
+                flag = FLAGS[part]
+                raise PortTaken(f"{what}: port {taken[0]} is taken by {holder(taken[0])}; stop it, or choose "
+                                f"another port with {flag} PORT (e.g. {flag} {any_free_port()}; kept in "
+                                f"{self.state_file})")
             time.sleep(0.2)
 
     # --- the parts
@@ -193,9 +338,9 @@ class Stack:
         if not self.managed_redis:
             return
         self.redis_url = self.own_redis_url
-        self._need_ports("redis", [self.redis_port], wait_s)
-        d = self.root / "redis"
-        d.mkdir(exist_ok=True)
+        self._need_ports("redis", "Redis", [self.redis_port], wait_s)
+        d = private_dir(self.root / "redis")
+        make_private(d)
         proc = self._spawn("redis", [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
                                      "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
                                      "--dir", str(d)])
@@ -211,22 +356,34 @@ class Stack:
                 "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 "-master.telemetry=false", f"-filer.localSocket={d / 'f.sock'}", f"-s3.localSocket={d / 's.sock'}"]
 
-    def start_s3(self, wait_s: float = 0.0) -> None:
-        if not self.s3_extra:
-            self.s3_extra = {name: any_free_port() for name in S3_EXTRA}
+    def _s3_internal_ports(self, wait_s: float) -> None:
+        """The S3 server's internal ports (nobody else connects to them): chosen once, and
+        chosen again when another program holds one."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            taken = [n for n in S3_EXTRA if not self.s3_extra.get(n) or not port_free(self.s3_extra[n])]
+            if not taken or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        if taken:
+            self.s3_extra.update({n: any_free_port() for n in taken})
             self.save_state()
-        d = self.root / "s3"
-        (d / "data").mkdir(parents=True, exist_ok=True)
-        (d / "s3.json").write_text(json.dumps({"identities": [{"name": "xaiq", "credentials": [
+
+    def start_s3(self, wait_s: float = 0.0) -> None:
+        self._need_ports("s3", "the S3 server", [self.s3_port], wait_s)
+        self._s3_internal_ports(wait_s)
+        d = private_dir(self.root / "s3")
+        private_dir(d / "data")
+        make_private(d)
+        write_private(d / "s3.json", json.dumps({"identities": [{"name": "xaiq", "credentials": [
             {"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
-        self._need_ports("the S3 server", [self.s3_port, *self.s3_extra.values()], wait_s)
         proc = self._spawn("s3", self.s3_cmd())
         st = self.storage()
         wait_for(lambda: st.ensure_bucket() or True, "the S3 server", 60, proc)
 
     def start_api(self, processes: int = 2, wait_s: float = 0.0) -> None:
-        self._need_ports("the API", [self.api_port], wait_s)
+        self._need_ports("api", "the API", [self.api_port], wait_s)
         proc = self._spawn("api", [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.api_port}",
                                    "--workers", str(processes), "--threads", "8", "--timeout", "120",
                                    "--graceful-timeout", "10", "--keep-alive", "75", "--access-logfile", "-", "api:create_app()"])
@@ -246,9 +403,15 @@ class Stack:
             extra = {"CUDA_VISIBLE_DEVICES": self.gpus[i], "XAIQ_DEVICE": "cuda"}
         if self.torch_threads:
             extra["XAIQ_TORCH_THREADS"] = str(self.torch_threads)
+        self.check_leftovers()
         self._spawn(name, self.worker_cmd(name), self.env(**extra))
 
     def start(self, api: bool = True) -> None:
+        """Every part; a public port that is taken is an error before any part starts."""
+        public = [("redis", "Redis", self.redis_port)] if self.managed_redis else []
+        public += [("s3", "the S3 server", self.s3_port)] + ([("api", "the API", self.api_port)] if api else [])
+        for part, what, port in public:
+            self._need_ports(part, what, [port])
         self.start_redis()
         self.start_s3()
         if api:
@@ -283,18 +446,27 @@ class Stack:
                 self.log(f"{name} could not restart: {e}")
         return restarted
 
-    def stop(self, timeout: float = 30.0) -> None:
-        order = [n for n in self.procs if n.startswith("worker")] + ["api", "s3", "redis"]
-        for name in order:
-            proc = self.procs.get(name)
-            if proc and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for name in order:
-            proc = self.procs.get(name)
-            if proc:
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+    def stop(self, grace: float | None = None) -> None:
+        """Stop everything this run started: the workers and the API first, then the S3
+        server and Redis; a process group still alive after `grace` seconds is killed."""
+        grace = self.grace if grace is None else grace
+        live = leftovers(self.root, {"parts": self.spawned})   # never a reused process group number
+        first = [g for g, name in live.items() if name not in ("s3", "redis")]
+        last = [g for g, name in live.items() if name in ("s3", "redis")]
+
+        def reap():
+            for proc in self.procs.values():
+                proc.poll()
+
+        killed = procs.stop_groups(first, grace, reap) + procs.stop_groups(last, grace, reap)
+        if killed:
+            self.log(f"{', '.join(live[g] for g in killed)} did not stop within {grace:g} s: killed")
+        for proc in self.procs.values():
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
         self.procs.clear()
+        if self.spawned:
+            self.spawned.clear()
+            self.run_file.unlink(missing_ok=True)

@@ -4,6 +4,15 @@ Pure stdlib (the API reads the configs without torch): which zip members a class
 needs (`plan`), its `config.json` / `preprocessor_config.json` (`read_configs`), and the
 model spec the service needs from them (`spec_from_configs`): input size, mean/std,
 classes and how to resize inputs (`preprocess`, followed by `worker.images.decode`).
+Where the registered spec gives `input`, `mean`, `std` or `classes`, it wins over the
+configs; where the configs are silent (a ResNet saved without preprocessor_config.json),
+the spec fills in.
+
+Every file the archive names stays inside it: member names are relative paths without
+'..', drive letters or links, and `model.safetensors.index.json` may name only the
+archive's own *.safetensors files beside config.json (transformers opens whatever path its
+`weight_map` says, and a non-safetensors name would be read with torch.load). Each such
+refusal reads the same (`OUTSIDE`), so it tells nothing about files outside the archive.
 
 Pixels reach a model as (x/255 - mean)/std. HF's processors compute
 ((x * rescale_factor + offset) - image_mean) / image_std, which is the same with
@@ -22,22 +31,27 @@ from pathlib import PurePosixPath
 
 MAX_ENTRIES = 10_000          # zip members listed (a zip bomb of tiny entries)
 MAX_CONFIG_BYTES = 16 << 20   # one config JSON (id2label of 21k classes is ~1 MB)
-WANTED = ("config.json", "preprocessor_config.json", "model.safetensors.index.json")
+INDEX = "model.safetensors.index.json"
+WANTED = ("config.json", "preprocessor_config.json", INDEX)
 PICKLED = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 # The processors' default filters when the JSON leaves `resample` out.
 DEFAULT_RESAMPLE = {"ConvNext": "bicubic", "Bit": "bicubic", "CLIP": "bicubic", "Deit": "bicubic",
                     "Swin": "bicubic", "Beit": "bicubic", "EfficientNet": "nearest"}
+# One text for every file reference that leaves the archive or is not safetensors: whether
+# the named outside file exists must not change a word of it.
+OUTSIDE = ("the archive names a file outside itself or weights that are not safetensors: every file it names "
+           "must be one of its own *.safetensors files beside config.json (no absolute paths, '..' or links)")
 
 
 def _safe_name(info: zipfile.ZipInfo) -> PurePosixPath:
-    """The member's relative path; ValueError for absolute paths, '..', drive letters, links."""
+    """The member's relative path; ValueError (`OUTSIDE`) for absolute paths, '..', drive
+    letters, NUL and links."""
     name = info.filename.replace("\\", "/")
     path = PurePosixPath(name)
-    if name.startswith("/") or ".." in path.parts or ":" in name or "\0" in name:
-        raise ValueError(f"unsafe path in the zip: {info.filename!r}")
-    if stat.S_ISLNK(info.external_attr >> 16):
-        raise ValueError(f"the zip holds a symbolic link: {info.filename!r}")
+    if name.startswith("/") or ".." in path.parts or ":" in name or "\0" in name or not path.parts \
+            or stat.S_ISLNK(info.external_attr >> 16):
+        raise ValueError(OUTSIDE)
     return path
 
 
@@ -73,9 +87,27 @@ def plan(zf: zipfile.ZipFile) -> tuple[str, list[zipfile.ZipInfo]]:
                          f"(found {len(configs)}); zip the folder written by save_pretrained")
     folder = configs[0].parent
     members = [i for p, i in paths if p.parent == folder and _wanted(p)]
+    names = [PurePosixPath(i.filename).name for i in members]
+    if len(set(names)) != len(names):
+        raise ValueError("the zip holds a file twice")
     if not any(PurePosixPath(i.filename).suffix == ".safetensors" for i in members):
         raise ValueError("the zip holds no *.safetensors weights next to config.json; weights must be safetensors")
+    _check_index(zf, members)
     return ("" if str(folder) == "." else f"{folder}/"), members
+
+
+def _check_index(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo]) -> None:
+    """A sharded model's index may name only the archive's own *.safetensors files beside
+    config.json, by plain name; anything else is refused with `OUTSIDE`."""
+    by_name = {PurePosixPath(i.filename).name: i for i in members}
+    if INDEX not in by_name:
+        return
+    weight_map = _read_json(zf, by_name[INDEX]).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{INDEX} has no weight_map")
+    shards = {n for n in by_name if n.endswith(".safetensors")}
+    if not all(isinstance(f, str) and f in shards for f in weight_map.values()):
+        raise ValueError(OUTSIDE)
 
 
 def _read_json(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict:
@@ -129,8 +161,13 @@ def _hw(size, what: str) -> tuple[int, int]:
     raise ValueError(f"unsupported {what}: {size!r}")
 
 
+class _NoFixedSize(ValueError):
+    """The configs give no fixed input size (the spec's `input` can)."""
+
+
 def _resize_plan(config: dict, pre: dict) -> tuple[dict, tuple[int, int] | None]:
-    """(resize step, crop (h, w) or None) as the processor does it."""
+    """(resize step, crop (h, w) or None) as the processor does it; _NoFixedSize when the
+    configs give no fixed input size."""
     size = pre.get("size")
     crop = _hw(pre["crop_size"], "crop_size") if pre.get("do_center_crop") and pre.get("crop_size") else None
     if isinstance(size, int) and "crop_pct" in pre:    # old ConvNeXt feature extractors
@@ -142,13 +179,14 @@ def _resize_plan(config: dict, pre: dict) -> tuple[dict, tuple[int, int] | None]
                 return {"shortest_edge": int(edge / float(pre["crop_pct"] or 224 / 256))}, (edge, edge)
             return {"height": edge, "width": edge}, crop
         if crop is None:
-            raise ValueError("preprocessor_config.json resizes the shortest edge without a centre crop, so the "
-                             "input size varies; this service needs a fixed input size")
+            raise _NoFixedSize("preprocessor_config.json resizes the shortest edge without a centre crop, so the "
+                               "input size varies; this service needs a fixed input size: give the spec's input")
         return {"shortest_edge": edge}, crop
     if size is None:
         size = config.get("image_size")
         if size is None:
-            raise ValueError("neither preprocessor_config.json nor config.json gives the input size")
+            raise _NoFixedSize("neither preprocessor_config.json nor config.json gives the input size; "
+                               "give the spec's input (and mean and std)")
     h, w = _hw(size, "size in preprocessor_config.json")
     return {"height": h, "width": w}, crop
 
@@ -179,19 +217,61 @@ def _resample(pre: dict) -> str:
     return RESAMPLE[code]
 
 
-def spec_from_configs(config: dict, preprocessor: dict | None) -> dict:
+def _channels(config: dict, given: dict) -> int:
+    channels = int(config.get("num_channels", 3))
+    if "input" in given:
+        if "num_channels" in config and given["input"]["channels"] != channels:
+            raise ValueError(f"the spec's input has {given['input']['channels']} channels; config.json's "
+                             f"num_channels is {channels}")
+        channels = given["input"]["channels"]
+    return channels
+
+
+def _sizes(config: dict, pre: dict, given: dict) -> tuple[dict, tuple[int, int] | None, tuple[int, int]]:
+    """(resize step, crop or None, input (h, w)): the configs' plan, or a plain resize to the
+    spec's input where the configs give none or another size."""
+    try:
+        resize, crop = _resize_plan(config, pre)
+    except _NoFixedSize:
+        if "input" not in given:
+            raise
+        resize, crop = {}, None
+    if "input" in given:
+        size = (given["input"]["height"], given["input"]["width"])
+        if size != (crop or (resize.get("height"), resize.get("width"))):
+            return {"height": size[0], "width": size[1]}, None, size
+    return resize, crop, crop or (resize["height"], resize["width"])
+
+
+def spec_from_configs(config: dict, preprocessor: dict | None, given: dict | None = None) -> dict:
     """{"input": {channels, height, width}, "mean", "std", "classes", "preprocess"} for a
     Hugging Face image classifier. `preprocess`: {"resize": {"height", "width"} or
     {"shortest_edge"}, "crop": {"height", "width"} or None, "resample": PIL filter name};
-    without a preprocessor_config.json: a plain resize to config.image_size, mean 0, std 1."""
-    channels = int(config.get("num_channels", 3))
+    without a preprocessor_config.json: a plain resize to config.image_size, mean 0, std 1.
+
+    `given`: what the registered spec says (`input`, `mean`, `std`, `classes`; None where
+    silent). The spec wins wherever it speaks: its mean, std and classes replace the
+    configs', and an `input` other than the configs' size (or where they give none) means a
+    plain resize to it; the configs fill in the rest."""
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    channels = _channels(config, given)
     pre = preprocessor or {}
     if pre.get("do_resize", True) is False:
         pre = {k: v for k, v in pre.items() if k not in ("size", "crop_pct")}
-    resize, crop = _resize_plan(config, pre)
-    h, w = crop or (resize["height"], resize["width"])
-    mean, std = _norm(config, preprocessor, channels)
+    resize, crop, (h, w) = _sizes(config, pre, given)
+    if "mean" in given and "std" in given:
+        mean, std = given["mean"], given["std"]
+    else:
+        mean, std = _norm(config, preprocessor, channels)
+        mean, std = given.get("mean", mean), given.get("std", std)
     preprocess = {"resize": resize, "crop": {"height": h, "width": w} if crop else None,
                   "resample": _resample(pre)}
     return {"input": {"channels": channels, "height": h, "width": w}, "mean": mean, "std": std,
-            "classes": _classes(config), "preprocess": preprocess}
+            "classes": given.get("classes") or _classes(config), "preprocess": preprocess}
+
+
+def spec_from_upload(data: bytes, given: dict) -> dict:
+    """The spec of an uploaded zip: `given` (the registered spec) completed from its configs
+    (`spec_from_configs`). ValueError for a zip the worker would refuse."""
+    config, preprocessor = read_configs(data)
+    return spec_from_configs(config, preprocessor, {k: given.get(k) for k in ("input", "mean", "std", "classes")})

@@ -8,13 +8,16 @@ place (`_END`), whoever ends it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from shared.contracts import JobManifest, Progress
@@ -213,13 +216,48 @@ return 0
 """
 
 
-def redis_client(s: Settings, patient: bool) -> redis.Redis:
-    """Short timeouts; `patient` (workers) retries with backoff for about as long as storage."""
-    retries = 25 if patient else 1
-    return redis.Redis.from_url(s.redis_url, decode_responses=True, socket_timeout=5 if patient else 2,
-                                socket_connect_timeout=2, health_check_interval=15,
-                                retry=Retry(ExponentialBackoff(cap=5, base=0.2), retries),
-                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+class _Gated(Retry):
+    """Retries a broken connection once, at once; but first asks `down()` (the API's health
+    probe), and while it names an outage fails at once, before any socket is touched. Every
+    command and every connect of a connection passes through here."""
+
+    def __init__(self, down: Callable[[], str]):
+        super().__init__(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+        self.down = down
+
+    def __deepcopy__(self, memo):   # each connection copies its Retry; the probe is shared, not copied
+        return _Gated(self.down)
+
+    def call_with_retry(self, do, fail, *args, **kwargs):
+        why = self.down()
+        if why:
+            raise redis.ConnectionError(why)
+        return super().call_with_retry(do, fail, *args, **kwargs)
+
+
+def redis_client(s: Settings, patient: bool, down: Callable[[], str] | None = None) -> redis.Redis:
+    """Workers (`patient`) retry with backoff for about as long as storage. The API waits at most
+    `api_wait_s` for one answer and retries only a broken connection (a restarted Redis), at once:
+    a timeout is not retried, so a hung Redis costs one wait; while `down()` names an outage (the
+    API's health probe), calls fail at once."""
+    if patient:
+        return redis.Redis.from_url(s.redis_url, decode_responses=True, socket_timeout=5,
+                                    socket_connect_timeout=2, health_check_interval=15,
+                                    retry=Retry(ExponentialBackoff(cap=5, base=0.2), 25),
+                                    retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+    return redis.Redis.from_url(s.redis_url, decode_responses=True, socket_timeout=s.api_wait_s,
+                                socket_connect_timeout=s.api_wait_s, health_check_interval=15,
+                                retry=_Gated(down or (lambda: "")))
+
+
+def release_waiting(r: redis.Redis) -> None:
+    """Shut (not close: their threads do that) the sockets of `r`'s connections in use, so that
+    calls waiting on a hung server fail now, as lost connections, rather than at their timeout."""
+    for conn in list(getattr(r.connection_pool, "_in_use_connections", ())):
+        sock = getattr(conn, "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 class JobStore:

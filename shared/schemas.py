@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, m
 
 from shared import methods as registry
 from shared.contracts import Progress, Skipped
-from shared.formats import ARCHITECTURES, BUILTIN_ARCHITECTURES
+from shared.formats import ARCHITECTURES, MODEL_FORMATS, architectures_text, reads_configs
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # A path below the tenant's uploads: folders and a file name of letters, digits, '.', '_', '-'.
@@ -160,13 +160,16 @@ class InputSize(Strict):
 
 
 class ModelSpec(Strict):
-    """A model to register: a built-in architecture + weights, TorchScript, a torch.export
-    program, or a Hugging Face `save_pretrained` folder (zipped), whose configs may give
-    `input`, `mean`, `std` and `classes`."""
+    """A model to register: a built-in architecture + weights, or a format that holds its
+    network (`shared.formats.MODEL_FORMATS`). A format whose upload carries configs (a
+    Hugging Face `save_pretrained` folder, zipped) may leave out `input`, `mean`, `std` and
+    `classes`: its configs give them. Where both speak, the spec wins: its mean, std and
+    classes replace the configs', and an `input` size other than the configs' (or one they do
+    not give, as a ResNet saved without preprocessor_config.json) means inputs are resized
+    straight to it; the configs fill in whatever the spec leaves out."""
 
     name: str = Field(description="letters, digits, '.', '_', '-'")
-    architecture: str = Field(description="built-in architecture ('food11-cnn', 'digits-cnn'), 'torchscript', "
-                                          "'export' (a torch.export .pt2) or 'huggingface' (a zip of save_pretrained)")
+    architecture: str = Field(description=architectures_text())
     input: InputSize | None = None
     mean: list[float] | None = Field(default=None, max_length=16,
                                      description="per-channel normalisation mean, in [0, 1] pixel units")
@@ -177,8 +180,7 @@ class ModelSpec(Strict):
     @classmethod
     def _architecture(cls, v):
         if v not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {v!r}; built in: {', '.join(BUILTIN_ARCHITECTURES)}, or "
-                             "'torchscript', 'export', 'huggingface'")
+            raise ValueError(f"unknown architecture {v!r}; take {architectures_text()}")
         return v
 
     @field_validator("name")
@@ -190,9 +192,9 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _complete(self):
-        if self.architecture != "huggingface" and None in (self.input, self.mean, self.std, self.classes):
-            raise ValueError("input, mean, std and classes are required (only a Hugging Face model's configs "
-                             "can give them)")
+        if not reads_configs(self.architecture) and None in (self.input, self.mean, self.std, self.classes):
+            raise ValueError("input, mean, std and classes are required (only the configs of "
+                             f"{', '.join(f.name for f in MODEL_FORMATS.values() if f.configs)} uploads can give them)")
         c = self.input.channels if self.input else None
         if c is not None and self.mean is not None and self.std is not None and (len(self.mean) != c or len(self.std) != c):
             raise ValueError(f"mean and std need one value per input channel ({c})")
@@ -226,7 +228,7 @@ class ModelInfo(BaseModel):
     mean: list[float]
     std: list[float]
     classes: list[str]
-    format: Literal["safetensors", "state_dict", "torchscript", "huggingface", "export"]
+    format: Literal[tuple(MODEL_FORMATS)] = Field(description="how the file is read (shared.formats)")
     status: Literal["registering", "ready", "invalid"]
     version: str = Field(description="content hash of the weights and the spec; jobs bind it at submit")
     versions: list[Version] = []
@@ -241,6 +243,11 @@ class ModelInfo(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+
+
+class ModelDeleted(BaseModel):
+    deleted: str = Field(description="the model's name")
+    shared: bool = Field(description="it was a shared model")
 
 
 class AuditOptions(Strict):
@@ -337,6 +344,11 @@ class PageQuery(BaseModel):
 class RegisterQuery(BaseModel):
     replace: Literal["0", "1", "true", "false"] = Field(default="0", description="1: register a new version")
     shared: Literal["0", "1", "true", "false"] = Field(default="0", description="1: a shared model (admin key)")
+
+
+class DeleteQuery(BaseModel):
+    shared: Literal["0", "1", "true", "false"] = Field(
+        default="0", description="1: the shared model of that name (admin key), also when you have one too")
 
 
 class NextQuery(BaseModel):

@@ -37,10 +37,10 @@ class Settings(BaseSettings):
     """Lifetime of the signed result URLs the API gives (`?exp=&sig=`); a URL also stops working as soon
     as the key it was made for is revoked."""
     storage_timeout_s: float = Field(5.0, gt=0)
-    """Connect and read timeout of one storage request."""
+    """Connect and read timeout of one storage request of a worker (the API's: `api_wait_s`)."""
     storage_retry_s: float = Field(120.0, ge=0)
     """How long a worker keeps retrying storage (with backoff) before a unit fails; the API gives up
-    after 2 s and answers 503."""
+    after twice `api_wait_s` and answers 503."""
 
     # --- API.
     api_key: str = ""
@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     headers at submit), so that large images are bounded by the cost limits like model passes."""
     session_hours: float = Field(12.0, gt=0)
     """Lifetime of a browser sign-in."""
+    api_wait_s: float = Field(1.0, gt=0, le=30)
+    """Longest the API waits for one Redis or storage answer (connect, then read; storage gets twice this
+    in all, retries included). Each API process asks both every quarter of it in a background probe that
+    gives up after half of it: while a probe says down, calls to that part fail at once (503 with
+    Retry-After), requests already waiting on it are released, and /readyz answers from the probe."""
+    metrics_public: bool = False
+    """Whether /metrics answers without a key (for a scraper inside a private network). By default it
+    needs the admin key (`Authorization: Bearer`), since even service-wide totals (jobs, images, queue
+    depth) tell one tenant about the others' activity. It never shows a tenant's name or own numbers."""
 
     # --- Costs: estimates in GFLOP (forward passes of one image x the model's GFLOP per image).
     max_job_gflop: float = Field(3e7, gt=0)

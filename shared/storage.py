@@ -4,7 +4,7 @@ Every object key is spelled here, in `Keys`, and nowhere else (one bucket). Each
 objects lie under `tenants/{tenant}/`; the shared, read-only models under `models/`. Bytes
 move in shards (`shared.shards`): the number of objects grows with requests and units,
 not with images.
-  models/{name}/model.json                    a model's current manifest (with its versions)
+  models/{name}/model.json                    a model's record: its current version and versions
   models/{name}/{version}/model.json|weights  one version (content hash of weights and spec)
   upload-shards/{batch}/{k}.tar               images stored with one POST /v1/uploads
   upload-index/{folder}/{batch}.json          which of them lie in {folder}, and where
@@ -19,39 +19,81 @@ not with images.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import socket
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlparse
 
 import urllib3
+import urllib3.connection
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from shared.settings import Settings
 
-
 MISSING = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")  # S3 error codes of an absent object
 BUSY = ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout")  # S3 error codes worth a retry
-API_RETRY_S = 2.0   # the API answers 503 after this; workers wait `storage_retry_s`
+API_RETRY_S = 2.0   # the API's retry budget, in units of `api_wait_s`; workers wait `storage_retry_s`
 
 
 class StorageUnavailable(Exception):
-    """Storage did not answer within the retry budget."""
+    """Storage did not answer within the retry budget, or the API's health probe says it is down."""
 
 
-def _client(endpoint: str, s: Settings) -> Minio:
+_OPEN: weakref.WeakSet = weakref.WeakSet()   # this process's API storage connections (see release_waiting)
+
+
+class _Connection(urllib3.connection.HTTPConnection):
+    def connect(self):
+        super().connect()
+        _OPEN.add(self)
+
+
+class _SecureConnection(urllib3.connection.HTTPSConnection):
+    def connect(self):
+        super().connect()
+        _OPEN.add(self)
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _SecurePool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _SecureConnection
+
+
+def release_waiting() -> None:
+    """Shut (not close: their threads do that) the sockets of this process's API storage
+    connections, so that requests waiting on a hung server fail now rather than at their timeout."""
+    for conn in list(_OPEN):
+        if conn.sock is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _client(endpoint: str, s: Settings, patient: bool) -> Minio:
+    """Workers wait `storage_timeout_s` per request and let urllib3 retry once; the API waits
+    `api_wait_s`, leaves every retry to `Storage._call`, which keeps to its budget, and its
+    connections can be released (`release_waiting`)."""
     url = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=min(2.0, s.storage_timeout_s), read=s.storage_timeout_s),
-        maxsize=16,
-        retries=urllib3.Retry(total=1, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
-    )
+    if patient:
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=min(2.0, s.storage_timeout_s), read=s.storage_timeout_s), maxsize=16,
+            retries=urllib3.Retry(total=1, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]))
+    else:
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=s.api_wait_s, read=s.api_wait_s), maxsize=16,
+                                   retries=urllib3.Retry(total=0, redirect=False))
+        http.pool_classes_by_scheme = {"http": _Pool, "https": _SecurePool}
     return Minio(
         endpoint=url.netloc,
         access_key=s.s3_access_key,
@@ -70,16 +112,19 @@ def _transient(e: Exception) -> bool:
 
 class Storage:
     """One per process (the minio client is not fork-safe): use `storage(settings, patient)`.
-    Every call retries transient failures with backoff for `retry_s`, then raises
-    StorageUnavailable."""
+    Every call retries transient failures with backoff for `retry_s`, never starting an
+    attempt that could end past it, then raises StorageUnavailable; so does any call while
+    `down()` names an outage (the API's health probe)."""
 
-    def __init__(self, s: Settings, patient: bool = False):
+    def __init__(self, s: Settings, patient: bool = False, down: Callable[[], str] | None = None):
         self.bucket = s.bucket
         self.expiry = timedelta(seconds=s.url_expiry_s)
-        self.retry_s = s.storage_retry_s if patient else API_RETRY_S
-        self.client = _client(s.s3_endpoint, s)
+        self.retry_s = s.storage_retry_s if patient else API_RETRY_S * s.api_wait_s
+        self.attempt_s = s.storage_timeout_s if patient else s.api_wait_s   # one attempt's longest wait
+        self.down = down or (lambda: "")
+        self.client = _client(s.s3_endpoint, s, patient)
         # Presigned URLs sign the Host header: sign them for the endpoint clients use.
-        self.public = _client(s.s3_public_endpoint, s) if s.s3_public_endpoint else self.client
+        self.public = _client(s.s3_public_endpoint, s, patient) if s.s3_public_endpoint else self.client
         self.requests = 0            # requests sent by this process (/metrics, the benchmark)
         self._counting = threading.Lock()
 
@@ -88,13 +133,17 @@ class Storage:
         while True:
             with self._counting:
                 self.requests += 1
+            why = self.down()
+            if why:
+                raise StorageUnavailable(why)
             try:
                 return fn(*args, **kw)
             except Exception as e:  # noqa: BLE001 - sorted by _transient
                 if not _transient(e):
                     raise
-                if time.monotonic() + delay > deadline:
-                    raise StorageUnavailable(f"storage did not answer: {type(e).__name__}") from e
+                why = self.down()
+                if why or time.monotonic() + delay + self.attempt_s > deadline:
+                    raise StorageUnavailable(why or f"storage did not answer: {type(e).__name__}") from e
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -227,6 +276,10 @@ class Keys:
         """The model a listed key under `models()` is the manifest of, else None."""
         rest = key[len(self.models()):].split("/") if key.startswith(self.models()) else []
         return rest[0] if len(rest) == 2 and rest[1] == "model.json" else None
+
+    def model_files(self, name: str) -> str:
+        """The prefix of every object of one model (its record, versions and weights)."""
+        return f"{self.root}models/{name}/"
 
     def version(self, name: str, version: str) -> str:
         return f"{self.root}models/{name}/{version}/model.json"

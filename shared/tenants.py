@@ -21,6 +21,7 @@ from shared.settings import Settings
 
 TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ADMIN, OPEN = "admin", "default"    # the admin key's tenant; everyone's when no admin key is set
+RESERVED = (ADMIN, OPEN)            # no key of its own: it would share that tenant's data
 LIMITS = ("max_job_gflop", "max_tenant_gflop", "max_tenant_units", "max_tenant_jobs")
 KEYS, IDS = "xaiq:keys", "xaiq:key-ids"
 
@@ -51,6 +52,9 @@ class Tenants:
         """(the key's record, key): the key is returned here only."""
         if not valid_tenant(tenant):
             raise ValueError("tenant: 1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit")
+        if tenant in RESERVED:
+            raise ValueError(f"tenant: {tenant!r} is reserved (the data of the admin key, or of the API run "
+                             f"without keys); a key for it would share that data: choose another name")
         key = "xq_" + secrets.token_urlsafe(24)
         h = digest(key)
         record = {"id": h[:12], "tenant": tenant, "name": name[:100], "created": time.time()}
@@ -81,6 +85,8 @@ class Tenants:
         if raw is None:
             return None
         record = json.loads(raw)
+        if record["tenant"] in RESERVED:   # made before such names were refused: it would share their data
+            return None
         return Principal(record["tenant"], key_id=record["id"])
 
     def _admin_key_id(self) -> str:
@@ -115,7 +121,7 @@ class Tenants:
         if raw is None:
             return None
         tenant, admin, key_id = json.loads(raw)
-        if not self.key_valid(key_id):
+        if not self.key_valid(key_id) or (not admin and tenant in RESERVED):
             return None    # its key was revoked (or the admin key changed)
         return Principal(tenant, admin, key_id)
 

@@ -138,6 +138,7 @@ def test_storage_hung_for_twenty_seconds(faulty, digit_pngs):
     os.killpg(pgid, signal.SIGSTOP)
     t0 = time.monotonic()
     try:
+        time.sleep(1.0)   # every API process's health probe notices a hang within XAIQ_API_WAIT_S (1 s)
         while time.monotonic() - t0 < 20:
             t = time.monotonic()
             r = requests.get(f"{stack.api_url}/readyz", timeout=10)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import io
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import requests
@@ -24,7 +26,7 @@ def reference_saliency(model, x: torch.Tensor) -> np.ndarray:
     return (attr - lo) / (hi - lo)
 
 
-def test_bulk_saliency_job_of_64_images_matches_captum(client, digits_model, digit_pngs, digits_torch):
+def test_bulk_saliency_job_of_64_images_matches_captum(client, admin, digits_model, digit_pngs, digits_torch):
     pngs, labels = digit_pngs
     t0 = time.monotonic()
     job = client.submit(pngs, model="digits-cnn", methods={"saliency": {}})
@@ -55,8 +57,8 @@ def test_bulk_saliency_job_of_64_images_matches_captum(client, digits_model, dig
     for it in items:   # each unit says how busy the device was and what its methods ran in
         assert 0 < it["timings"]["device_busy"] <= 1 and it["timings"]["unit"] > 0
         assert it["precision"] == {"saliency": "fp32"}
-    metrics = dict(line.rsplit(" ", 1) for line in requests.get(f"{client.server}/metrics", timeout=10).text.splitlines()
-                   if line.startswith("xaiq_"))
+    scraped = admin.session.get(f"{admin.server}/metrics", timeout=10).text   # /metrics needs the admin key
+    metrics = dict(line.rsplit(" ", 1) for line in scraped.splitlines() if line.startswith("xaiq_"))
     assert float(metrics["xaiq_device_seconds_total"]) > 0
     assert 0 < float(metrics["xaiq_device_busy_ratio"]) <= 1
 
@@ -86,6 +88,9 @@ def test_cli_submit_downloads_pictures_maps_and_unit_figures(stack, tenant_key, 
                "--server", stack.api_url, "--out", str(out)])
     assert rc == 0
     (job_dir,) = out.iterdir()
-    names = {p.name for p in job_dir.iterdir()}
-    assert {"00000-saliency.png", "00002-filters.npy", "results.json", "unit-0-figure.png",
-            "unit-0-filters-visualizations-1.png"} <= names
+    files = {p.relative_to(job_dir).as_posix() for p in job_dir.rglob("*") if p.is_file()}
+    stems = [Path(name).stem for name, _ in digit_pngs[0][:3]]
+    assert {f"00000-{stems[0]}/saliency.png", f"00002-{stems[2]}/filters.npy", "results.json", "units/0/figure.png",
+            "units/0/filters-visualizations-1.png"} <= files, sorted(files)
+    record = json.loads((job_dir / "results.json").read_text())
+    assert record["job"] == job_dir.name and [im["name"] for im in record["images"]] == [n for n, _ in digit_pngs[0][:3]]

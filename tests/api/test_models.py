@@ -131,3 +131,144 @@ def test_layer_methods_are_refused_on_torchscript_models(http, digits_ts, digit_
     resp = http.post("/v1/jobs", data=data, content_type="multipart/form-data")
     assert resp.status_code == 422
     assert "hook" in resp.get_json()["error"]["message"] and "torchscript" in resp.get_json()["error"]["message"]
+
+
+DIGITS_SPEC = {"architecture": "digits-cnn", "input": {"channels": 1, "height": 32, "width": 32}, "mean": [0.5],
+               "std": [0.5], "classes": [str(i) for i in range(10)]}
+
+
+def _digits_weights() -> bytes:
+    from worker.models.digits import WEIGHTS
+
+    return (WEIGHTS / "digits-cnn.safetensors").read_bytes()
+
+
+def _nothing_stored(settings, keys, name: str) -> bool:
+    from shared.storage import Storage
+
+    return Storage(settings).list(keys.model_files(name)) == []
+
+
+def _inspections_waiting(settings, name: str) -> bool:
+    """Whether an inspection of `name` is still queued or running."""
+    from shared.dispatch import LEASES, pending_key
+    from shared.jobs import redis_client
+
+    r = redis_client(settings, patient=False)
+    items = r.lrange(pending_key("alice"), 0, -1) + r.zrange(LEASES, 0, -1)
+    return any(f'"{name}"' in item for item in items)
+
+
+def test_any_model_of_yours_can_be_deleted(http, settings, tmp_path, digits_model):
+    """invalid, ready and registering models are deleted with everything stored for them; an
+    inspection that finishes after the delete writes nothing back."""
+    from shared.storage import Keys
+    from tests.conftest import wait_until
+
+    keys = Keys("alice")
+    bad = register(http, {**DIGITS_SPEC, "name": "del-invalid"}, b"not weights").get_json()
+    assert bad["status"] == "invalid"
+    good = register(http, {**DIGITS_SPEC, "name": "del-ready"}, _digits_weights()).get_json()
+    assert good["status"] == "ready"
+    for name in ("del-invalid", "del-ready"):
+        resp = http.delete(f"/v1/models/{name}")
+        assert resp.status_code == 200 and resp.get_json() == {"deleted": name, "shared": False}, resp.get_json()
+        assert http.get(f"/v1/models/{name}").status_code == 404
+        assert _nothing_stored(settings, keys, name)
+    assert not {"del-invalid", "del-ready"} & {m["name"] for m in http.get("/v1/models").get_json()["models"]}
+    # a Hugging Face model takes seconds to inspect (transformers is imported): deleted meanwhile
+    spec = {"name": "del-registering", "architecture": "huggingface", "input": {"channels": 3, "height": 44,
+            "width": 44}, "mean": [0.5] * 3, "std": [0.5] * 3}   # a size of its own: no remembered verdict
+    resp = http.post("/v1/models", content_type="multipart/form-data",
+                     data={"spec": json.dumps(spec), "weights": (io.BytesIO(_hf_upload("resnet", tmp_path, False)),
+                                                                 "m.zip")})
+    assert resp.status_code == 202
+    assert http.get("/v1/models/del-registering").get_json()["status"] == "registering"
+    assert http.delete("/v1/models/del-registering").status_code == 200
+    wait_until(lambda: not _inspections_waiting(settings, "del-registering"), 120, "the inspection")
+    assert http.get("/v1/models/del-registering").status_code == 404
+    assert _nothing_stored(settings, keys, "del-registering")
+    assert http.delete("/v1/models/del-registering").status_code == 404
+
+
+def test_shared_models_are_deleted_only_with_the_admin_key(http, app, stack, digits_model, other_client):
+    admin = app.test_client()
+    admin.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {stack.api_key}"
+    resp = admin.post("/v1/models?shared=1", content_type="multipart/form-data",
+                      data={"spec": json.dumps({**DIGITS_SPEC, "name": "shared-doomed"}),
+                            "weights": (io.BytesIO(b"not weights"), "w.bin")})
+    assert resp.status_code == 202
+    for path in ("/v1/models/shared-doomed", "/v1/models/shared-doomed?shared=1", "/v1/models/digits-cnn"):
+        resp = http.delete(path)
+        assert resp.status_code == 403 and "admin" in resp.get_json()["error"]["message"], path
+    assert http.get("/v1/models/shared-doomed").status_code == 200
+    # another tenant's model is unknown, as on every route
+    mine = register(http, {**DIGITS_SPEC, "name": "alices-own"}, b"not weights").get_json()
+    assert mine["status"] == "invalid"
+    assert other_client.session.delete(f"{other_client.server}/v1/models/alices-own").status_code == 404
+    assert http.get("/v1/models/alices-own").status_code == 200
+    resp = admin.delete("/v1/models/shared-doomed")
+    assert resp.status_code == 200 and resp.get_json() == {"deleted": "shared-doomed", "shared": True}
+    assert http.get("/v1/models/shared-doomed").status_code == 404
+    assert http.delete("/v1/models/alices-own").status_code == 200
+
+
+def _hf_upload(kind: str, folder, preprocessor: bool) -> bytes:
+    from tests import zoo
+
+    zoo.build(kind).eval().save_pretrained(folder)
+    if preprocessor:
+        (folder / "preprocessor_config.json").write_text(json.dumps(zoo.processor(kind)))
+    return zoo.zip_folder(folder)
+
+
+def test_a_resnet_without_preprocessor_config_takes_the_specs_size(http, tmp_path, digits_model):
+    """save_pretrained of a ResNet writes no preprocessor_config.json and its config has no
+    image_size: without `input` in the spec that is a 422 that says to give it; with `input`,
+    `mean` and `std` the model registers with them (classes from id2label)."""
+    from tests import zoo
+
+    data = _hf_upload("resnet", tmp_path, preprocessor=False)
+    resp = register(http, {"name": "hf-resnet-bare", "architecture": "huggingface"}, data)
+    assert resp.status_code == 422 and "give the spec's input" in resp.get_json()["error"]["message"]
+    given = {"input": {"channels": 3, "height": 40, "width": 40}, "mean": [0.485, 0.456, 0.406],
+             "std": [0.229, 0.224, 0.225]}
+    info = register(http, {"name": "hf-resnet-bare", "architecture": "huggingface", **given}, data).get_json()
+    assert info["status"] == "ready", info
+    assert {k: info[k] for k in given} == given and info["classes"] == zoo.CLASSES
+    assert info["format"] == "huggingface" and info["layers"]
+
+
+def test_a_vits_configs_give_way_to_the_spec(http, tmp_path, digits_model):
+    """Where the spec and the ViT's preprocessor_config.json both speak (mean, std), the spec wins."""
+    data = _hf_upload("vit", tmp_path, preprocessor=True)
+    spec = {"name": "hf-vit-spec", "architecture": "huggingface", "mean": [0.1, 0.2, 0.3], "std": [0.3, 0.2, 0.1]}
+    info = register(http, spec, data).get_json()
+    assert info["status"] == "ready", info
+    assert info["mean"] == spec["mean"] and info["std"] == spec["std"]
+    assert info["input"] == {"channels": 3, "height": 32, "width": 32}   # silent in the spec: the configs'
+
+
+def test_file_references_that_leave_the_archive_are_refused_alike(http, tmp_path, digits_model):
+    """An absolute path, a '../' path, a symbolic link or a .bin shard: each registration is
+    refused with the same text whether the outside file it names exists or not, and that
+    text names nothing outside the archive."""
+    from shared.huggingface import OUTSIDE
+    from tests.worker.models.attacks import attacks
+
+    messages = {}
+    for attack, variants in attacks(tmp_path).items():
+        for n, data in enumerate(variants):
+            resp = register(http, {"name": "escape", "architecture": "huggingface"}, data)
+            assert resp.status_code == 422, (attack, resp.get_json())
+            messages[attack, n] = resp.get_json()["error"]["message"]
+    assert set(messages.values()) == {f"weights: {OUTSIDE}"}, messages
+    assert not any(word in OUTSIDE for word in ("etc", "passwd", "xaiq-no-such-file", "No such", "denied"))
+    assert http.get("/v1/models/escape").status_code == 404
+
+
+def test_the_formats_are_the_registrys(http):
+    from shared.formats import MODEL_FORMATS
+
+    schema = http.get("/openapi.json").get_json()["components"]["schemas"]["ModelInfo"]["properties"]["format"]
+    assert schema["enum"] == list(MODEL_FORMATS)

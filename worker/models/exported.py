@@ -130,6 +130,9 @@ def _members(zf: zipfile.ZipFile, max_bytes: int) -> dict[str, zipfile.ZipInfo]:
     roots = {i.filename.split("/", 1)[0] for i in infos}
     if len(roots) != 1:
         raise ValueError("not a torch.export.save file (one root folder expected)")
+    for i in infos:   # names stay inside the archive: relative, no '.' or '..' parts, no backslashes
+        if "\\" in i.filename or any(part in ("", ".", "..") for part in i.filename.rstrip("/").split("/")):
+            raise ValueError(f"the program holds {i.filename!r}, a name that leaves the archive")
     out: dict[str, zipfile.ZipInfo] = {}
     for i in infos:
         name = i.filename.split("/", 1)[1] if "/" in i.filename else ""

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 import torch
 from torch import nn
 
-from shared.huggingface import open_zip, plan
+from shared.huggingface import OUTSIDE, open_zip, plan
 from worker.explain.hooks import output_shapes, token_layer, type_name
 
 CHUNK = 1 << 20
@@ -21,8 +21,10 @@ CHUNK = 1 << 20
 def unpack(data: bytes, dest: Path, max_bytes: int = 2 * 2**30) -> Path:
     """Extract the files a classifier needs (config.json, *.safetensors, their index,
     preprocessor_config.json) of a zipped save_pretrained folder into `dest`; returns the
-    folder holding config.json. Refuses unsafe paths, links, pickled weights, more than
-    `max_bytes` uncompressed (counted while reading, not from the headers)."""
+    folder holding config.json. Refuses (`shared.huggingface.plan`) names that leave the
+    archive, links, an index naming anything but the archive's own safetensors, pickled
+    weights, and more than `max_bytes` uncompressed (counted while reading, not from the
+    headers)."""
     zf = open_zip(data)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -33,7 +35,10 @@ def unpack(data: bytes, dest: Path, max_bytes: int = 2 * 2**30) -> Path:
             raise ValueError(f"the model is larger than {max_bytes} bytes uncompressed")
         for info in members:
             # plan() keeps only plain file names of one folder: written flat into dest
-            with zf.open(info) as src, open(dest / PurePosixPath(info.filename).name, "xb") as out:
+            target = dest / PurePosixPath(info.filename).name
+            if target.resolve().parent != dest.resolve():
+                raise ValueError(OUTSIDE)
+            with zf.open(info) as src, open(target, "xb") as out:
                 while chunk := src.read(CHUNK):
                     total += len(chunk)
                     if total > max_bytes:
@@ -56,10 +61,10 @@ def _input_shape(model: nn.Module) -> tuple[int, int, int]:
     return int(getattr(config, "num_channels", 3)), int(h), int(w)
 
 
-def load(folder: Path) -> nn.Module:
+def load(folder: Path, input_shape: tuple[int, int, int] | None = None) -> nn.Module:
     """AutoModelForImageClassification from safetensors in `folder` (no remote code, no
     download), in float32 and eval mode; model(x) returns the logits. Sets `xaiq_input`
-    (C, H, W from the config; the service overrides it with the registered size) and
+    (`input_shape`, the registered (C, H, W); by default from the config) and
     `xaiq_default_layer` (Grad-CAM's default, see `default_layer`)."""
     from transformers import AutoModelForImageClassification
     from transformers.utils import logging as hf_logging
@@ -74,7 +79,7 @@ def load(folder: Path) -> nn.Module:
         model = AutoModelForImageClassification.from_pretrained(Path(folder), attn_implementation="eager", **kwargs)
     model.eval()
     model.forward = types.MethodType(_logits, model)
-    model.xaiq_input = _input_shape(model)
+    model.xaiq_input = tuple(input_shape) if input_shape else _input_shape(model)
     model.xaiq_default_layer = default_layer(model)
     return model
 

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from shared.models import ModelRecords
 from shared.storage import Keys, Storage
-from worker.models.architectures import build
 from worker.explain.context import RunContext
+from worker.models.architectures import build
 from worker.models.prepare import Options, Prepared, prepare
 
 
@@ -44,44 +45,77 @@ def pick_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def read_state_dict(data: bytes, fmt: str) -> dict[str, torch.Tensor]:
-    if fmt == "safetensors":
-        from safetensors.torch import load
+def _safetensors_state_dict(data: bytes) -> dict:
+    from safetensors.torch import load
 
-        sd = load(data)
-    else:
-        sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):  # a training checkpoint
-            sd = sd["state_dict"]
-        if not isinstance(sd, dict):
-            raise ValueError("the file holds no state_dict (save it with torch.save(model.state_dict(), f))")
+    return load(data)
+
+
+def _pickled_state_dict(data: bytes) -> dict:
+    sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):  # a training checkpoint
+        sd = sd["state_dict"]
+    if isinstance(sd, dict):
+        return sd
+    raise ValueError("the file holds no state_dict (save it with torch.save(model.state_dict(), f))")
+
+
+# The formats that are a built-in architecture's weights, and how each is read.
+STATE_DICTS = {"safetensors": _safetensors_state_dict, "state_dict": _pickled_state_dict}
+
+
+def read_state_dict(data: bytes, fmt: str) -> dict[str, torch.Tensor]:
+    sd = STATE_DICTS[fmt](data)
     # Weights saved from nn.DataParallel carry a 'module.' prefix.
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+def _registered_input(info: dict) -> tuple[int, int, int]:
+    return tuple(info["input"][k] for k in ("channels", "height", "width"))
+
+
+def _builtin(info: dict, data: bytes, scratch: str | None) -> nn.Module:
+    model = build(info["architecture"], len(info["classes"]), info["input"]["channels"])
+    model.load_state_dict(read_state_dict(data, info["format"]), strict=True)
+    return model
+
+
+def _torchscript(info: dict, data: bytes, scratch: str | None) -> nn.Module:
+    return torch.jit.load(io.BytesIO(data), map_location="cpu")
+
+
+def _export(info: dict, data: bytes, scratch: str | None) -> nn.Module:
+    from worker.models import exported
+
+    model = exported.load(data)
+    model.xaiq_input = _registered_input(info)   # layers are probed at the registered size
+    return model
+
+
+def _huggingface(info: dict, data: bytes, scratch: str | None) -> nn.Module:
+    import tempfile
+    from pathlib import Path
+
+    from worker.models import huggingface
+
+    with tempfile.TemporaryDirectory(prefix="xaiq-hf-", dir=scratch) as tmp:
+        return huggingface.load(huggingface.unpack(data, Path(tmp)), _registered_input(info))
+
+
+# One loader per format of `shared.formats.MODEL_FORMATS`: (manifest, bytes, scratch) -> nn.Module.
+LOADERS = {"safetensors": _builtin, "state_dict": _builtin, "torchscript": _torchscript, "export": _export,
+           "huggingface": _huggingface}
+
+
 def build_model(info: dict, data: bytes, scratch: str | None = None) -> nn.Module:
-    """The registered model in eval mode with frozen parameters. Models that take hooks
-    also get `xaiq_input` = the registered (C, H, W), which `layers` probes with.
-    `scratch`: where a Hugging Face zip may be unpacked (default: a temporary folder)."""
-    if info["format"] == "torchscript":
-        model = torch.jit.load(io.BytesIO(data), map_location="cpu")
-    elif info["format"] == "export":
-        from worker.models import exported
-
-        model = exported.load(data)
-    elif info["format"] == "huggingface":
-        import tempfile
-        from pathlib import Path
-
-        from worker.models import huggingface
-
-        with tempfile.TemporaryDirectory(prefix="xaiq-hf-", dir=scratch) as tmp:
-            model = huggingface.load(huggingface.unpack(data, Path(tmp)))
-    else:
-        model = build(info["architecture"], len(info["classes"]), info["input"]["channels"])
-        model.load_state_dict(read_state_dict(data, info["format"]), strict=True)
-    if info["format"] in ("huggingface", "export"):
-        model.xaiq_input = tuple(info["input"][k] for k in ("channels", "height", "width"))
+    """The registered model in eval mode with frozen parameters, read by its format's loader
+    (`LOADERS`). Hugging Face and exported models also get `xaiq_input` = the registered
+    (C, H, W), which `layers` probes with. `scratch`: where a Hugging Face zip may be
+    unpacked (default: a temporary folder)."""
+    loader = LOADERS.get(info["format"])
+    if loader is None:
+        raise ValueError(f"unknown model format {info['format']!r}")
+    model = loader(info, data, scratch)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -138,10 +172,13 @@ class ModelCache:
     def get(self, st: Storage, keys: Keys, name: str, version: str, device: torch.device) -> LoadedModel:
         key = (keys.tenant, name, version)
         if key not in self.models:
-            info = st.get_json(keys.version(name, version))
-            if info["status"] != "ready":
+            records = ModelRecords(st, keys)
+            info = records.version(name, version)
+            if info is not None and info["status"] != "ready":
                 raise ValueError(f"model {name!r} version {version} is {info['status']}")
-            data = st.get(keys.weights(name, version))
+            data = records.weights(name, version) if info is not None else None
+            if info is None or data is None:
+                raise ValueError(f"model {name!r} version {version} was deleted")
             if hashlib.sha256(data).hexdigest() != info.get("weights_sha256"):
                 raise ValueError(f"model {name!r}: the stored weights are not those of version {version}")
             model = build_model(info, data).to(device)

@@ -1,17 +1,18 @@
-"""A registered model version checked by the confined inspection (`sandbox`), and the
-result recorded in its manifest and in the model's current manifest."""
+"""A registered model version checked by the confined inspection (`sandbox`), the verdict
+recorded in the version's record (through `shared.models.ModelRecords`, the records' one
+owner)."""
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 
+from shared.models import ModelRecords
 from shared.settings import Settings
 from shared.storage import Keys, Storage
 from worker.compute.client import inspect_untrusted
 
 log = logging.getLogger("xaiq.worker")
-RESULT = ("status", "error", "layers", "hooks", "parameters", "gflops")
 
 
 def checked(r, info: dict, data: bytes, s: Settings) -> dict:
@@ -29,18 +30,15 @@ def checked(r, info: dict, data: bytes, s: Settings) -> dict:
     return result
 
 
-def inspect_version(st: Storage, keys: Keys, name: str, version: str, s: Settings, r=None) -> dict:
-    info = st.get_json(keys.version(name, version))
-    result = checked(r, info, st.get(keys.weights(name, version)), s)
-    info.update({k: result.get(k) for k in RESULT if k in result})
-    if info["status"] != "ready":
-        info.update(layers=[], error=result.get("error") or "the model could not be inspected")
-    st.put_json(keys.version(name, version), info)
-    current = st.get_json_or_none(keys.model(name))
-    if current is not None:
-        versions = [{**v, "status": info["status"], "error": info.get("error")} if v["version"] == version else v
-                    for v in current.get("versions", [])]
-        current = {**info, "versions": versions} if current.get("version") == version else {**current, "versions": versions}
-        st.put_json(keys.model(name), current)
-    log.info("model %s version %s: %s %s", name, version, info["status"], info.get("error") or "")
-    return info
+def inspect_version(st: Storage, keys: Keys, name: str, version: str, s: Settings, r=None) -> dict | None:
+    """Inspect one version and record the verdict; None when the model was deleted first."""
+    records = ModelRecords(st, keys, r)
+    info = records.version(name, version)
+    data = records.weights(name, version) if info is not None else None
+    if info is None or data is None:
+        log.info("model %s version %s: deleted before its inspection", name, version)
+        return None
+    result = checked(r, info, data, s)
+    recorded = records.set_result(name, version, result)
+    log.info("model %s version %s: %s %s", name, version, result.get("status"), result.get("error") or "")
+    return recorded

@@ -16,9 +16,9 @@ from torch import nn
 
 import worker.explain as E
 from shared.methods import METHODS
-from worker.models import exported
 from tests.zoo import digits_cnn
 from tests.zoo import exported as export_program
+from worker.models import exported
 from worker.models.loading import build_model, layers
 from worker.models.opcheck import ForbiddenOperator
 
@@ -177,6 +177,8 @@ def test_what_torch_would_execute_is_refused_first(programs, tmp_path, monkeypat
         "legacy weights file": (_edit(data, add={"data/weights/model.pt": pickled.getvalue()}), "not a plain tensor"),
         "AOTInductor library": (_edit(data, add={"data/aotinductor/model/model.so": b"\x7fELF"}), "AOTInductor"),
         "a second program": (_edit(data, add={"models/other.json": b"{}"}), "not a plain tensor"),
+        "an extra file named ..": (_edit(data, add={"extra/..": b"x"}), "leaves the archive"),
+        "a ../ name": (_edit(data, add={"extra/../../x": b"x"}), "leaves the archive"),
     }
     monkeypatch.setattr(torch.export, "load", lambda *a, **k: pytest.fail("torch.export.load was reached"))
     for case, (bad, message) in cases.items():

@@ -134,9 +134,11 @@ CONFIG = json.dumps({"model_type": "vit", "id2label": {"0": "a", "1": "b"}, "ima
 @pytest.mark.parametrize("files, links, message", [
     ({"config.json": CONFIG, "pytorch_model.bin": b"x"}, (), "weights must be safetensors"),
     ({"m/config.json": CONFIG, "m/model.safetensors": b"x", "m/weights.pth": b"x"}, (), "weights must be safetensors"),
-    ({"config.json": CONFIG, "../model.safetensors": b"x"}, (), "unsafe path"),
-    ({"config.json": CONFIG, "/tmp/model.safetensors": b"x"}, (), "unsafe path"),
-    ({"config.json": CONFIG, "model.safetensors": b"/etc/passwd"}, ("model.safetensors",), "symbolic link"),
+    ({"config.json": CONFIG, "../model.safetensors": b"x"}, (), "names a file outside itself"),
+    ({"config.json": CONFIG, "/tmp/model.safetensors": b"x"}, (), "names a file outside itself"),
+    ({"config.json": CONFIG, "model.safetensors": b"/etc/passwd"}, ("model.safetensors",), "names a file outside"),
+    ({"config.json": CONFIG, "model.safetensors": b"x", "m/../model.safetensors": b"x"}, (), "outside itself"),
+    ({"config.json": CONFIG, "model.safetensors": b"x", "c:model.safetensors": b"x"}, (), "outside itself"),
     ({"config.json": CONFIG, "README.md": b"x"}, (), "no \\*.safetensors"),
     ({"a/config.json": CONFIG, "b/config.json": CONFIG, "a/model.safetensors": b"x"}, (), "one config.json"),
 ])
@@ -247,3 +249,91 @@ def test_vit_gradcam_equals_captum_on_the_token_grid(zoo):
     np.testing.assert_allclose(E.gradcam(model, x, y), up[:, 0].numpy(), rtol=1e-4, atol=1e-4 * float(up.abs().max()))
     np.testing.assert_array_equal(E.gradcam(model, x, y, layer=DEFAULTS["vit"]), E.gradcam(model, x, y))
     assert F.relu(torch.from_numpy(ours)).equal(torch.from_numpy(ours))
+
+
+@pytest.fixture(scope="module")
+def escapes(tmp_path_factory):
+    from tests.worker.models.attacks import attacks
+
+    return attacks(tmp_path_factory.mktemp("escapes"))
+
+
+def test_file_references_stay_inside_the_archive(escapes, tmp_path):
+    """Each attack is refused by the API's reading (`read_configs`), by the worker's unpacking
+    and by its loading, with one text that is the same whether the named outside file
+    exists or not and that names nothing outside the archive."""
+    from shared.huggingface import OUTSIDE
+    from tests.worker.models.attacks import EXISTING, MISSING
+    from worker.models.loading import build_model
+
+    info = {"format": "huggingface", "input": {"channels": 3, "height": 32, "width": 32}}
+    steps = (lambda data, out: read_configs(data), huggingface.unpack,   # the API's reading, the worker's two
+             lambda data, out: build_model(info, data, scratch=str(tmp_path)))
+    texts = set()
+    for attack, variants in escapes.items():
+        for n, data in enumerate(variants):
+            for step in steps:
+                with pytest.raises(ValueError) as e:
+                    step(data, tmp_path / f"{attack}{n}")
+                texts.add(str(e.value))
+    assert texts == {OUTSIDE}
+    assert "etc" not in OUTSIDE and EXISTING not in OUTSIDE and MISSING not in OUTSIDE
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]   # nothing was written either
+
+
+def test_a_sharded_index_of_the_archives_own_shards_loads(tmp_path):
+    """The check refuses only what leaves the archive: an index naming its own shard loads."""
+    from tests.worker.models.attacks import SHARD, _sharded, resnet_parts
+    from worker.models.loading import build_model
+
+    config, weights, names = resnet_parts(tmp_path / "saved")
+    data = _sharded(config, weights, names, SHARD)
+    model = build_model({"format": "huggingface", "input": {"channels": 3, "height": 32, "width": 32}}, data)
+    reference = _build("resnet").eval()
+    x = _images(2)
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), reference(pixel_values=x).logits.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_spec_fills_in_where_the_configs_are_silent(tmp_path):
+    """A ResNet from save_pretrained has no preprocessor_config.json and no image_size: the
+    spec's input, mean and std are used, the classes still come from id2label, and the
+    model loads and runs at that size."""
+    from shared.huggingface import spec_from_upload
+    from tests.worker.models.attacks import resnet_parts
+    from worker.models.loading import build_model
+
+    config, weights, _ = resnet_parts(tmp_path)
+    data = _zip_of({"config.json": config, "model.safetensors": weights})
+    with pytest.raises(ValueError, match="neither preprocessor_config.json nor config.json gives the input size"):
+        spec_from_upload(data, {})
+    given = {"input": {"channels": 3, "height": 40, "width": 48}, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+    spec = spec_from_upload(data, given)
+    assert spec == {**given, "classes": CLASSES, "preprocess": {"resize": {"height": 40, "width": 48}, "crop": None,
+                                                                "resample": "bilinear"}}
+    model = build_model({**spec, "format": "huggingface"}, data)
+    assert model.xaiq_input == (3, 40, 48)
+    assert model(torch.zeros(2, 3, 40, 48)).shape == (2, len(CLASSES))
+    with pytest.raises(ValueError, match="1 channels; config.json's num_channels is 3"):
+        spec_from_upload(data, {**given, "input": {"channels": 1, "height": 40, "width": 48}})
+
+
+def test_the_spec_wins_where_both_speak(zoo):
+    """A ViT's preprocessor says 32x32, mean and std 0.5: the spec's mean, std and classes
+    replace them; the same input size keeps the configs' resizing, another one resizes
+    straight to the spec's size (also over ConvNeXt's shortest edge and crop)."""
+    from shared.huggingface import spec_from_upload
+
+    vit, convnext = zoo["vit"][1], zoo["convnext"][1]
+    given = {"input": {"channels": 3, "height": 32, "width": 32}, "mean": [0.1, 0.2, 0.3], "std": [0.3, 0.2, 0.1],
+             "classes": ["w", "x", "y", "z"]}
+    spec = spec_from_upload(vit, given)
+    assert {k: spec[k] for k in given} == given
+    assert spec["preprocess"] == spec_from_upload(vit, {})["preprocess"]
+    assert spec_from_upload(vit, {"mean": [0.0] * 3})["std"] == pytest.approx([0.5] * 3)   # only the mean given
+    kept = spec_from_upload(convnext, {"input": given["input"]})
+    assert kept["preprocess"]["crop"] == {"height": 32, "width": 32} and "shortest_edge" in kept["preprocess"]["resize"]
+    other = spec_from_upload(convnext, {"input": {"channels": 3, "height": 40, "width": 40}})
+    assert other["input"] == {"channels": 3, "height": 40, "width": 40}
+    assert other["preprocess"] == {"resize": {"height": 40, "width": 40}, "crop": None, "resample": "bicubic"}
+    assert other["mean"] == pytest.approx([0.485, 0.456, 0.406])   # silent in the spec: the configs'
