@@ -124,7 +124,7 @@ def unit_records(m: JobManifest, unit: int, st: Storage | None = None) -> UnitRe
         return None
     rec = UnitRecords.model_validate(raw)
     _records_cache[key] = rec
-    while len(_records_cache) > 64:
+    while len(_records_cache) > 16:
         _records_cache.popitem(last=False)
     return rec
 

@@ -90,6 +90,7 @@ def job_from_stream() -> tuple[str, dict]:
                     raise ApiError(400, f"unknown form field {part.name[:50]!r}: send a 'spec' field and image files")
                 spec = intake.parse_spec(JobSpec, part.read(c.settings.max_json_mb << 20), "the 'spec' field")
                 info, scope = intake.job_model(spec)
+                intake.admit_cost(0.0, 1)    # a tenant at its limits hears it before sending its images
                 if spec.inputs:
                     raise ApiError(400, "give images as files or as 'inputs' paths, not both")
                 if intake_ is not None and intake_.writer.count:

@@ -365,7 +365,8 @@ def bench_service(a) -> None:
     from client.sdk import Client
     from client.stack import Stack
 
-    env = {"XAIQ_DEVICE": a.device, "XAIQ_UNIT_SIZE": str(a.unit_size), "XAIQ_BATCH_MEASURE_S": str(a.budget)}
+    env = {"XAIQ_DEVICE": a.device, "XAIQ_UNIT_SIZE": str(a.unit_size), "XAIQ_BATCH_MEASURE_S": str(a.budget),
+           "XAIQ_MAX_TENANT_GFLOP": "1e12", "XAIQ_MAX_JOB_GFLOP": "1e12"}
     stack = Stack(Path(tempfile.mkdtemp(prefix="xaiq-bench-")), workers=1, api_port=0, s3_port=0, redis_port=0,
                   api_key="bench", torch_threads=a.service_threads, extra_env=env)
     t0 = time.perf_counter()
@@ -375,14 +376,75 @@ def bench_service(a) -> None:
         register_digits(client)
         print(f"   (stack up and digits-cnn registered in {time.perf_counter() - t0:.1f} s)", flush=True)
         overhead(a, stack, client)
+        flat_memory(a, stack, client)
         s3_put(a, stack)
         audit_projection(a, client)
     finally:
         stack.stop()
 
 
+class Watch:
+    """What the service costs while a job runs: the S3 server's own count of requests it
+    served, and the peak resident memory of the API's processes and of the worker's (the
+    Celery processes, their zygote and compute processes), sampled every 0.1 s."""
+
+    def __init__(self, stack):
+        import threading
+
+        self.stack, self.peaks, self.stop = stack, {"api": 0.0, "worker": 0.0}, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def s3_requests(self) -> float:
+        import requests
+
+        text = requests.get(self.stack.s3_metrics_url, timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("SeaweedFS_s3_request_total{") and 'bucket="xaiq"' in line)
+
+    def _tree(self, pid: int) -> list[int]:
+        out, todo = [], [pid]
+        while todo:
+            p = todo.pop()
+            out.append(p)
+            try:
+                with open(f"/proc/{p}/task/{p}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+            except OSError:
+                pass
+        return out
+
+    def _rss_mb(self, pids: list[int]) -> float:
+        from worker.confine import resident_mb
+
+        return sum(resident_mb(p) for p in pids)
+
+    def _sample(self) -> None:
+        while not self.stop.is_set():
+            for part, name in (("api", "api"), ("worker", "worker0")):
+                proc = self.stack.procs.get(name)
+                if proc is not None:
+                    self.peaks[part] = max(self.peaks[part], self._rss_mb(self._tree(proc.pid)))
+            self.stop.wait(0.1)
+
+    def __enter__(self) -> "Watch":
+        self.requests0 = self.s3_requests()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.requests = self.s3_requests() - self.requests0
+
+
+def stored_objects(stack, tenant_root: str, job: str) -> int:
+    st = stack.storage()
+    return sum(len(st.list(f"{tenant_root}{part}/{job}/")) for part in ("inputs", "jobs", "audits"))
+
+
 def overhead(a, stack, client) -> None:
-    """The digits saliency job end to end vs the same maps computed bare in this process."""
+    """The digits saliency job end to end vs the same maps computed bare in this process; what it
+    cost in S3 requests, stored objects and memory."""
     import worker.explain as E
     from client.cli import write_digit_samples
     from worker import images as imgs
@@ -396,17 +458,19 @@ def overhead(a, stack, client) -> None:
     x = x.to(a.device)
     with torch.no_grad():
         y = model(x).argmax(1)
-    jobs, posted = [], []
+    jobs, posted, watches = [], [], []
 
     def e2e():
         t0 = time.perf_counter()
-        job = client.submit(images, model="digits-cnn", methods={"saliency": {}})
-        posted.append(time.perf_counter() - t0)
-        assert client.wait(job, poll=0.02, timeout=900)["status"] == "succeeded"
+        with Watch(stack) as w:
+            job = client.submit(images, model="digits-cnn", methods={"saliency": {}})
+            posted.append(time.perf_counter() - t0)
+            assert client.wait(job, poll=0.02, timeout=900)["status"] == "succeeded"
         jobs.append(job)
+        watches.append(w)
 
     def bare():
-        for xs, ys in zip(x.split(a.unit_size), y.split(a.unit_size)):
+        for xs, ys in zip(x.split(32), y.split(32)):
             E.run("saliency", model, xs, ys)
 
     threads = torch.get_num_threads()
@@ -416,50 +480,56 @@ def overhead(a, stack, client) -> None:
         t = interleaved({"e2e": e2e, "bare": bare}, max(1, a.repeats - 1), a.device, warm=("bare",))
     finally:
         torch.set_num_threads(threads)
-    ratio = median(t["e2e"]) / median(t["bare"])
-    record("service", f"{a.images}-image digits-cnn saliency job end to end / bare computation", median(t["e2e"]), "s",
+    n, ratio = len(images), median(t["e2e"]) / median(t["bare"])
+    record("service", f"{n}-image digits-cnn saliency job end to end / bare computation", median(t["e2e"]), "s",
            baseline=median(t["bare"]), ratio=ratio, target="<= 3", met=ratio <= 3, runs=t,
            post_s=[round(p, 3) for p in posted], threads=a.service_threads)
+    record("service", "S3 requests per image (counted by the S3 server, the whole job)",
+           median([w.requests for w in watches]) / n, "requests")
+    objects = stored_objects(stack, "tenants/admin/", jobs[-1])   # the bench's key is the admin key
+    record("service", "objects stored per image (the job's inputs, results and manifest)", objects / n, "objects",
+           target="< 0.25", met=objects / n < 0.25, objects=objects)
+    record("service", "peak RSS during the job: API processes / worker processes (with its compute process)",
+           median([w.peaks["api"] for w in watches]), "MiB", worker_mb=median([w.peaks["worker"] for w in watches]))
     items = [it for it, _ in zip(client.results(jobs[-1], per_page=200), range(256))]
     busy = [it["timings"]["device_busy"] for it in items if "device_busy" in it.get("timings", {})]
-    units = [it["timings"]["unit"] for it in items if "unit" in it.get("timings", {})]
-    record("service", f"device busy in a digits saliency unit of {a.unit_size} (median)",
-           median(busy) if busy else None, "fraction", unit_s=median(units) if units else None)
-    floor = storage_floor(a, stack, images, model, x[:1], y[:1], items[0])
-    record("service", "the job's objects alone: per image 1 GET and 4 PUTs (input, picture, map, item.json), "
-           "8 threads, this process", floor, "s", ratio=floor / median(t["bare"]))
-    beyond = median(t["e2e"]) / (median(t["bare"]) + floor)
-    record("service", "end to end / (bare computation + the job's objects alone): what the service adds beyond both",
-           median(t["e2e"]), "s", baseline=median(t["bare"]) + floor, ratio=beyond)
+    record("service", "device busy in a unit of the job (median)", median(busy) if busy else None, "fraction")
 
 
-def storage_floor(a, stack, images, model, x, y, item) -> float:
-    """Seconds to store and read what the job stores and reads, without the service: each input
-    PUT and read back, one picture, one map and one item.json PUT per image (the sizes of this
-    job's own objects), from 8 threads. The S3 server shares this machine's cores."""
-    from concurrent.futures import ThreadPoolExecutor
+def tiny_pngs(n: int) -> list[tuple[str, bytes]]:
+    from PIL import Image
 
-    import worker.explain as E
-    from worker import images as imgs
+    rng = np.random.default_rng(0)
+    out = []
+    for k in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(buf, "PNG", compress_level=1)
+        out.append((f"t{k:06d}.png", buf.getvalue()))
+    return out
 
-    st = stack.storage(patient=True)
-    r = E.run("saliency", model, x, y)
-    picture, raw = imgs.png(r.pictures[0], (32, 32)), imgs.npy(r.maps[0])
-    record_bytes = json.dumps(item, indent=1).encode()
 
-    def one(k: int) -> None:
-        name, data = images[k]
-        st.put(f"floor/in/{k}", data, "image/png")
-        st.get(f"floor/in/{k}")
-        st.put(f"floor/out/{k}.png", picture, "image/png")
-        st.put(f"floor/out/{k}.npy", raw)
-        st.put(f"floor/out/{k}.json", record_bytes, "application/json")
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(one, range(16)))   # warm connections
+def flat_memory(a, stack, client) -> None:
+    """Jobs of tiny images at two sizes (10,000 and 100,000; --short 1,000 and 5,000): the API's
+    and the worker's peak memory stay flat, the time grows linearly."""
+    small, large = (1000, 5000) if a.short else (10000, 100000)
+    pngs = tiny_pngs(large)
+    seen = {}
+    for n in (small, large):
         t0 = time.perf_counter()
-        list(pool.map(one, range(len(images))))
-    return time.perf_counter() - t0
+        with Watch(stack) as w:
+            job = client.submit(pngs[:n], model="digits-cnn", methods={"saliency": {}}, pictures=False)
+            assert client.wait(job, poll=0.2, timeout=3600)["status"] == "succeeded"
+        seen[n] = (time.perf_counter() - t0, w.peaks["api"], w.peaks["worker"], w.requests)
+        record("service", f"a {n}-image job of 8x8 images (saliency, no pictures) end to end", seen[n][0], "s",
+               api_peak_mb=round(w.peaks["api"], 1), worker_peak_mb=round(w.peaks["worker"], 1),
+               s3_requests=w.requests)
+    (ts, api_s, wk_s, _), (tl, api_l, wk_l, _) = seen[small], seen[large]
+    record("service", f"time of {large} / time of {small} images (linear: {large / small:g})", tl / ts, "",
+           target=f"<= {1.25 * large / small:g}", met=tl / ts <= 1.25 * large / small)
+    record("service", f"API peak RSS, {large} / {small} images (flat: 1)", api_l / api_s, "", target="<= 1.25",
+           met=api_l / api_s <= 1.25, small_mb=round(api_s, 1), large_mb=round(api_l, 1))
+    record("service", f"worker peak RSS, {large} / {small} images (flat: 1)", wk_l / wk_s, "", target="<= 1.25",
+           met=wk_l / wk_s <= 1.25, small_mb=round(wk_s, 1), large_mb=round(wk_l, 1))
 
 
 def s3_put(a, stack) -> None:
@@ -568,7 +638,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of this process (torch's default)")
     p.add_argument("--service-threads", type=int, default=1, help="torch threads of the worker and the bare run")
     p.add_argument("--images", type=int, default=None, help="images of the saliency job (1024; --short 128)")
-    p.add_argument("--unit-size", type=int, default=32)
+    p.add_argument("--unit-size", type=int, default=0, help="XAIQ_UNIT_SIZE of the service (0: its default, sized by cost)")
     p.add_argument("--samples", type=int, default=None, help="LIME samples (1000; --short 32)")
     p.add_argument("--reduced-samples", type=int, default=None,
                    help="LIME samples at a precision the device does not run fast (200; --short 8; GPU 1000)")

@@ -27,7 +27,7 @@ from client import procs
 BIN = Path(sys.executable).parent
 DEFAULT_API_PORT = 8000
 S3_EXTRA = ("s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-            "filer.port.grpc", "admin.port", "admin.port.grpc")
+            "filer.port.grpc", "admin.port", "admin.port.grpc", "metricsPort")   # metricsPort: Prometheus, loopback
 PRIVATE_UMASK = 0o077
 # The flag of `xaiq up` that chooses each public port.
 FLAGS = {"redis": "--redis-port", "s3": "--s3-port", "api": "--port"}
@@ -253,6 +253,11 @@ class Stack:
     @property
     def s3_url(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def s3_metrics_url(self) -> str:
+        """The S3 server's Prometheus metrics (requests it served, by type)."""
+        return f"http://127.0.0.1:{self.s3_extra['metricsPort']}/metrics"
 
     @property
     def own_redis_url(self) -> str:

@@ -40,7 +40,7 @@ class Batch:
 class IndexCache:
     """Index pages of recent jobs (a unit reads one or two)."""
 
-    def __init__(self, size: int = 32):
+    def __init__(self, size: int = 4):
         self.size, self.pages = size, OrderedDict()
 
     def get(self, st, keys: Keys, job: str, page: int) -> IndexPage:

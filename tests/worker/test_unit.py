@@ -1,16 +1,21 @@
-"""One work unit in this process (no Celery, no API): inputs read from a real S3
-server, outputs written there, the job's counters in a real Redis."""
+"""One work unit in this process (no Celery, no API) as the broker runs it: the unit's images
+read by range from a real S3 server, the model run by a real confined compute process, the
+unit's shards and records written back, the job's counters in a real Redis."""
 from __future__ import annotations
 
 import hashlib
 import io
+import tarfile
 import time
 import uuid
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from shared.contracts import JobManifest, UnitRecords, WorkItem
+from shared.shards import InputWriter
 from shared.storage import Keys, Storage
 
 keys = Keys("unit-tests")
@@ -20,7 +25,9 @@ keys = Keys("unit-tests")
 def ctx(settings):
     from worker.context import WorkerContext
 
-    return WorkerContext(settings.model_copy(update={"device": "cpu"}))
+    c = WorkerContext(settings.model_copy(update={"device": "cpu", "unit_size": 0}))
+    yield c
+    c.compute_pool.close()
 
 
 @pytest.fixture(scope="module")
@@ -41,87 +48,119 @@ def unit_model(ctx):
     return {"name": name, "version": version}
 
 
-def make_job(ctx, model: dict, pngs: list[tuple[str, bytes]], methods: dict, bad: int | None = None) -> str:
+def make_job(ctx, model: dict, pngs: list[tuple[str, bytes]], methods: dict, bad: int | None = None,
+             kind: str = "job", **manifest) -> JobManifest:
+    """A job stored as the API stores one: its images in a tar shard, an index page, a manifest."""
     job = uuid.uuid4().hex
-    inputs = []
+    w = InputWriter(lambda k, d: ctx.storage.put(k, d), lambda k: keys.input_shard(job, k),
+                    lambda p: keys.input_index(job, p))
     for i, (name, png) in enumerate(pngs):
-        ctx.storage.put(keys.input(job, i), b"not an image" if i == bad else png, "image/png")
-        inputs.append({"name": name, "key": keys.input(job, i)})
-    ctx.storage.put_json(keys.job(job), {"id": job, "kind": "job", "tenant": keys.tenant, "model": model["name"],
-                                         "model_version": model["version"], "model_scope": "tenant",
-                                         "methods": methods, "inputs": inputs, "unit_size": len(inputs), "units": 1,
-                                         "created": time.time(), "labels": None, "name": None})
-    ctx.jobs.create(job, tenant=keys.tenant, kind="job", model=model["name"], methods=methods, total=len(inputs),
-                    units=1)
-    return job
+        w.add(name, b"not an image" if i == bad else png, ".png", label=manifest.pop(f"label{i}", None), pixels=1024)
+    m = JobManifest(id=job, kind=kind, tenant=keys.tenant, model=model["name"], model_version=model["version"],
+                    methods=methods, inputs=w.close(), unit_size=len(pngs), units=1, created=time.time(),
+                    cost=10.0, **manifest)
+    ctx.storage.put_json(keys.job(job), m.dump())
+    ctx.jobs.create(job, tenant=keys.tenant, kind=kind, model=model["name"], methods=methods, total=len(pngs), units=1)
+    return m
 
 
-def test_a_unit_writes_every_item_and_matches_the_formula(ctx, unit_model, digit_pngs, digits_torch):
+def item_of(m: JobManifest) -> WorkItem:
+    return WorkItem(tenant=keys.tenant, kind=m.kind, job=m.id, unit=0, first=0, count=m.inputs.count)
+
+
+def records(ctx, m: JobManifest) -> UnitRecords:
+    return UnitRecords.model_validate(ctx.storage.get_json(keys.records(m.id, 0)))
+
+
+def test_a_unit_writes_one_shard_per_method_and_matches_the_formula(ctx, unit_model, digit_pngs, digits_torch):
     from tests.conftest import to_model_input
-    from worker.unit import run_unit
+    from worker.unit import Outcome, run_unit
 
     pngs = digit_pngs[0][:5]
-    job = make_job(ctx, unit_model, pngs, {"saliency": {}, "gradcam": {}}, bad=3)
-    assert run_unit(ctx, keys.tenant, job, 0, 0, 5) == (4, 1)
+    m = make_job(ctx, unit_model, pngs, {"saliency": {}, "gradcam": {}}, bad=3)
+    assert run_unit(ctx, item_of(m)) == Outcome(4, 1, "")
     x = torch.tensor(np.stack([to_model_input(png) for _, png in pngs])).requires_grad_(True)
     logits = digits_torch(x)
     torch.nn.functional.cross_entropy(logits, logits.argmax(1), reduction="sum").backward()
     g = x.grad.abs().numpy()
-    for i in (0, 1, 2, 4):
-        item = ctx.storage.get_json(keys.item(job, i))
-        assert item["status"] == "done" and item["methods"] == ["saliency", "gradcam"]
-        got = np.load(io.BytesIO(ctx.storage.get(keys.item(job, i, "saliency.npy"))))
-        want = (g[i] - g[i].min()) / (g[i].max() - g[i].min())
-        np.testing.assert_allclose(got, want, atol=1e-5)
-        assert ctx.storage.exists(keys.item(job, i, "gradcam.png"))
-    failed = ctx.storage.get_json(keys.item(job, 3))
-    assert failed["status"] == "failed" and "cannot read input" in failed["error"]
-    assert ctx.storage.exists(keys.unit(job, 0, "figure.png"))
+    rec = records(ctx, m)
+    maps = np.load(io.BytesIO(ctx.storage.get(rec.maps["saliency"].key)))
+    assert maps.shape == (4, 1, 32, 32) and rec.maps["saliency"].rows == 4
+    for it in rec.items:
+        if it.index == 3:
+            assert it.status == "failed" and "cannot read input" in it.error
+            continue
+        assert it.status == "done" and it.name == pngs[it.index][0]
+        want = (g[it.index] - g[it.index].min()) / (g[it.index].max() - g[it.index].min())
+        np.testing.assert_allclose(maps[it.row], want, atol=1e-5)
+        span = it.pictures["gradcam"]   # one item's picture by a range read, at the input's size
+        png = ctx.storage.get_range(rec.pictures["gradcam"], span.offset, span.offset + span.length)
+        assert Image.open(io.BytesIO(png)).size == (32, 32)
+    with tarfile.open(fileobj=io.BytesIO(ctx.storage.get(rec.pictures["saliency"]))) as t:   # a plain tar
+        assert sorted(t.getnames()) == [f"{i:08d}.png" for i in (0, 1, 2, 4)]
+    assert "figure.png" in rec.extras
+    stored = ctx.storage.list(keys.jobs(m.id))   # manifest, records, 2 maps, 2 picture shards, extras
+    assert len(stored) == 7, stored
 
 
 def test_a_unit_stops_when_its_job_is_cancelled(ctx, unit_model, digit_pngs):
     from worker.unit import Cancelled, run_unit
 
-    job = make_job(ctx, unit_model, digit_pngs[0][:2], {"saliency": {}})
-    ctx.jobs.start_unit(job, keys.tenant, 0)
-    assert ctx.jobs.cancel(job, keys.tenant) == "cancelling"
+    m = make_job(ctx, unit_model, digit_pngs[0][:2], {"saliency": {}})
+    ctx.jobs.start_unit(m.id, keys.tenant, 0)
+    assert ctx.jobs.cancel(m.id, keys.tenant) == "cancelling"
     with pytest.raises(Cancelled):
-        run_unit(ctx, keys.tenant, job, 0, 0, 2)
-    assert not ctx.storage.exists(keys.item(job, 0))
+        run_unit(ctx, item_of(m))
+    assert not ctx.storage.exists(keys.records(m.id, 0))
 
 
-def test_the_audit_hook_adds_objects_and_fields(ctx, unit_model, digit_pngs):
+def test_an_audit_unit_stores_its_partial_and_the_fields_of_each_image(ctx, unit_model, digit_pngs):
+    from shared.schemas import AuditOptions
+    from worker.audit.aggregate import Partial
     from worker.unit import run_unit
 
-    job = make_job(ctx, unit_model, digit_pngs[0][:3], {"saliency": {}})
-    seen = []
+    labels = {f"label{i}": int(lab) for i, lab in enumerate(digit_pngs[1][:3])}
+    m = make_job(ctx, unit_model, digit_pngs[0][:3], {"saliency": {}}, kind="audit", pictures=False,
+                 options=AuditOptions(faithfulness_steps=4).model_dump(), **labels)
+    assert run_unit(ctx, item_of(m)).done == 3
+    rec = records(ctx, m)
+    assert rec.pictures == {} and "saliency" in rec.maps     # an audit asks for maps, not pictures
+    assert [it.fields["label"] for it in rec.items] == [labels[f"label{i}"] for i in range(3)]
+    assert all("faithfulness" in it.fields and "correct" in it.fields for it in rec.items)
+    partial = Partial.from_bytes(ctx.storage.get(keys.audit_partial(m.id, 0)))
+    assert list(partial.indices) == [0, 1, 2]
 
-    def on_batch(e):
-        seen.append((e.inputs.shape, sorted(e.results)))
-        return [(keys.unit(job, 0, "extra.npy"), b"x")], [{"checked": j} for j in range(len(e.batch.indices))]
 
-    assert run_unit(ctx, keys.tenant, job, 0, 0, 3, on_batch) == (3, 0)
-    assert seen == [((3, 1, 32, 32), ["saliency"])]
-    assert ctx.storage.get(keys.unit(job, 0, "extra.npy")) == b"x"
-    assert [ctx.storage.get_json(keys.item(job, i))["checked"] for i in range(3)] == [0, 1, 2]
-
-
-def test_a_unit_reports_how_busy_the_device_was_and_files_its_batch_sizes(ctx, unit_model, digit_pngs):
-    from worker.context import RedisSizes
+def test_a_unit_reports_its_pace_and_files_its_batch_sizes(ctx, unit_model, digit_pngs):
     from worker.unit import run_unit
 
-    ctx.jobs.r.delete(RedisSizes.KEY)
+    ctx.jobs.r.delete(ctx.keys.batch_sizes)
     ctx.batch_sizes.local.clear()
-    job = make_job(ctx, unit_model, digit_pngs[0][:4], {"lime": {"num_samples": 40, "n_segments": 12}})
-    assert run_unit(ctx, keys.tenant, job, 0, 0, 4) == (4, 0)
-    item = ctx.storage.get_json(keys.item(job, 0))
-    timings, chosen = item["timings"], item["precision"]["lime"]
+    ctx.compute_pool.close()       # a fresh compute process: it measures
+    m = make_job(ctx, unit_model, digit_pngs[0][:4], {"lime": {"num_samples": 40, "n_segments": 12}})
+    assert run_unit(ctx, item_of(m)).done == 4
+    rec = records(ctx, m)
+    timings, chosen = rec.timings, rec.precision["lime"]
     assert chosen in ("fp32", "bf16", "fp16")
-    assert {"lime", "predict", "unit", "device_busy"} <= set(timings)
+    assert {"lime", "predict", "unit", "device_busy", "storage_requests"} <= set(timings)
     assert 0 < timings["device_busy"] <= 1 and timings["unit"] >= timings["lime"]
-    filed = ctx.jobs.r.hgetall(RedisSizes.KEY)      # measured once, for every worker
+    assert timings["storage_requests"] <= 8    # constant per unit, not per image
+    filed = ctx.jobs.r.hgetall(ctx.keys.batch_sizes)      # measured once, for every worker
     assert [k.split("|")[3:] for k in filed] == [["forward", chosen]] and int(next(iter(filed.values()))) >= 1
-    assert ctx.jobs.stats().get("device_seconds", 0) > 0
+
+
+def test_a_rerun_replaces_the_records_and_a_half_written_run_is_never_read(ctx, unit_model, digit_pngs):
+    from worker.unit import run_unit
+
+    m = make_job(ctx, unit_model, digit_pngs[0][:2], {"saliency": {}})
+    run_unit(ctx, item_of(m))
+    first = records(ctx, m)
+    run_unit(ctx, item_of(m))
+    second = records(ctx, m)
+    assert first.attempt != second.attempt and second.maps["saliency"].key.count(second.attempt) == 1
+    a = np.load(io.BytesIO(ctx.storage.get(first.maps["saliency"].key)))
+    b = np.load(io.BytesIO(ctx.storage.get(second.maps["saliency"].key)))
+    np.testing.assert_array_equal(a, b)
 
 
 def test_without_the_figure(settings, unit_model, digit_pngs):
@@ -129,44 +168,35 @@ def test_without_the_figure(settings, unit_model, digit_pngs):
     from worker.unit import run_unit
 
     quiet = WorkerContext(settings.model_copy(update={"device": "cpu", "unit_figure": False}))
-    job = make_job(quiet, unit_model, digit_pngs[0][:2], {"saliency": {}})
-    assert run_unit(quiet, keys.tenant, job, 0, 0, 2) == (2, 0)
-    assert quiet.storage.exists(keys.item(job, 1, "saliency.png"))
-    assert not quiet.storage.exists(keys.unit(job, 0, "figure.png"))
+    try:
+        m = make_job(quiet, unit_model, digit_pngs[0][:2], {"saliency": {}})
+        assert run_unit(quiet, item_of(m)).done == 2
+        rec = records(quiet, m)
+        assert "saliency" in rec.pictures and rec.extras == {}
+    finally:
+        quiet.compute_pool.close()
 
 
-class Recording:
-    """A storage that records the order of writes (and fails on request)."""
-
-    def __init__(self, fail: str = ""):
-        self.order, self.fail = [], fail
-
-    def put(self, key, data, content_type=None):
-        if key == self.fail:
-            raise OSError("storage away")
-        time.sleep(0.001)
-        self.order.append(key)
-
-    def put_json(self, key, obj):
-        self.put(key, b"{}")
-
-
-def test_the_writer_stores_in_the_background_and_stops_on_errors():
+def test_the_writer_works_in_the_background_and_stops_on_errors():
     from concurrent.futures import ThreadPoolExecutor
 
     from worker.unit import Writer
 
-    st, pool = Recording(), ThreadPoolExecutor(4)
-    with Writer(st, pool, limit=3) as out:     # a bounded queue: submit waits for a free slot
+    done, pool = [], ThreadPoolExecutor(4)
+    with Writer(pool, limit=3) as out:     # a bounded queue: submit waits for a free slot
         for k in range(20):
-            out.submit(lambda k=k: [(f"a/{k}.png", b"x"), (f"a/{k}.npy", b"y")])
+            out.submit(lambda k=k: (time.sleep(0.001), done.append(k)))
         out.wait()
-        out.put([(f"a/{k}/item.json", {}) for k in range(5)])
-        out.wait()
-    assert len(st.order) == 45 and all(k.endswith("item.json") for k in st.order[-5:])
-    broken = Recording(fail="b/3.png")
+    assert sorted(done) == list(range(20))
+
+    def fail(k):
+        if k == 3:
+            raise OSError("storage away")
+        time.sleep(0.01)
+        done.append(100 + k)
     with pytest.raises(OSError):
-        with Writer(broken, pool, limit=8) as out:
-            out.put([(f"b/{k}.png", b"x") for k in range(6)])
+        with Writer(pool, limit=8) as out:
+            for k in range(6):
+                out.submit(fail, k)
             out.wait()
-    assert "b/3.png" not in broken.order
+    assert 103 not in done

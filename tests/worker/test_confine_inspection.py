@@ -1,4 +1,4 @@
-"""The confined model inspection (`worker.models.sandbox`) and the operator allowlist
+"""The confined model inspection (`worker.confine`, `worker.models.inspection`) and the operator allowlist
 (`worker.models.opcheck`) against hostile TorchScript: reading and writing files from
 `forward` and from `__setstate__` (which runs inside `torch.jit.load`), `torch.save`,
 endless loops, unbounded allocation and exception messages carrying secrets.
@@ -25,7 +25,7 @@ from torch import nn
 from worker.models import digits
 from worker.models.architectures import DigitsCNN
 from worker.models.opcheck import ALLOWED, ForbiddenOperator, check_operators, check_torchscript
-from worker.models.sandbox import inspect_untrusted
+from worker.compute.client import inspect_untrusted
 
 ROOT = os.geteuid() == 0
 C, H, W = 1, 8, 8
@@ -203,7 +203,7 @@ def inspected(files, request):
         "raises": (TINY, scripted_bytes(Raises(f"the secret is {files['public']}")), {}),
     }
     log = _Log()
-    logger = logging.getLogger("worker.models.sandbox")
+    logger = logging.getLogger("xaiq.confine")
     logger.addHandler(log)
     old_level = logger.level
     logger.setLevel(logging.INFO)
@@ -332,14 +332,15 @@ def test_an_exception_in_forward_is_reported_without_its_message(inspected, file
 
 
 def test_the_child_environment_holds_no_secrets(monkeypatch):
-    from worker.models.sandbox import _environment
+    from worker.confine import environment as _environment
 
     for name in ("XAIQ_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY", "MINIO_ROOT_PASSWORD", "REDIS_URL"):
         monkeypatch.setenv(name, "secret")
     env = _environment("/tmp/x")
     assert "secret" not in env.values()
-    assert set(env) <= {"PATH", "PYTHONPATH", "HOME", "TMPDIR", "TORCHINDUCTOR_CACHE_DIR", "LANG",
-                        "PYTHONDONTWRITEBYTECODE", "PYTHONNOUSERSITE", "MALLOC_ARENA_MAX", "OMP_NUM_THREADS",
+    assert set(env) <= {"PATH", "PYTHONPATH", "HOME", "TMPDIR", "TORCHINDUCTOR_CACHE_DIR", "LANG", "HF_HUB_OFFLINE",
+                        "TRANSFORMERS_OFFLINE", "PYTHONDONTWRITEBYTECODE", "PYTHONNOUSERSITE", "MALLOC_ARENA_MAX",
+                        "OMP_NUM_THREADS",
                         "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"}
 
 
