@@ -21,13 +21,15 @@ tests compare them).
 
 Where they differ from Quantus: the maps are normalised per image (Quantus divides by the
 largest |value| of the whole batch, which moves sparseness's 1e-7 offset; with
-`normalise_func_kwargs={"normalise_axes": (1, 2, 3)}` Quantus does the same), so an image's
-value never depends on the other images of its unit; an all-zero map gives NaN for
+`normalise_func_kwargs={"normalise_axes": (1, 2, 3)}` Quantus does the same), so no image's
+map is scaled by another's; an all-zero map gives NaN for
 complexity (Quantus too) and max-sensitivity (Quantus: inf); the correlation's baselines are
 "black" (each image's minimum, Quantus's default), "white" (maximum), "mean" or "zeros"
 (0 in input space; Quantus's `perturb_baseline=0.0`), not Quantus's random "uniform".
 Random draws replay Quantus's from a legacy `np.random.RandomState(seed)`: the same subsets
-and noise Quantus draws after `np.random.seed(seed)`.
+and noise Quantus draws after `np.random.seed(seed)` for the same images in the same order
+(an audit unit's seed comes from the audit's seed and its first image, so a unit redone
+gives the same values).
 """
 from __future__ import annotations
 
@@ -115,16 +117,19 @@ def complexity(heatmaps) -> np.ndarray:
 
 
 # --- faithfulness correlation --------------------------------------------------------
-def subset_draws(n_images: int, n_features: int, subset: int, runs: int, seed: int) -> np.ndarray:
+def subset_draws(n_images: int, n_features: int, subset: int, runs: int, seed: int,
+                 named_baseline: bool = True) -> np.ndarray:
     """(runs, N, subset) feature indices in Quantus's order: per run, per image,
-    `choice(n_features, subset, replace=False)` of a RandomState(seed); then N uniform
-    numbers that Quantus's baseline helper draws every run whatever the baseline."""
+    `choice(n_features, subset, replace=False)` of a RandomState(seed); then, for a baseline
+    Quantus knows by name, the N uniform numbers its baseline helper draws every run
+    whichever the name (a number, "zeros" here, draws none)."""
     rs = np.random.RandomState(seed)
     out = np.empty((runs, n_images, subset), np.int64)
     for r in range(runs):
         for i in range(n_images):
             out[r, i] = rs.choice(n_features, subset, replace=False)
-        rs.uniform(size=n_images)
+        if named_baseline:
+            rs.uniform(size=n_images)
     return out
 
 
@@ -154,7 +159,7 @@ def faithfulness_correlation(images, heatmaps, logits: Forward, targets, *, subs
     n_features, hw = flat.shape[1], int(np.prod(x.shape[2:]))
     if not 1 <= subset < n_features:
         raise ValueError(f"subset must be in 1..{n_features - 1} (the image has {n_features} features), not {subset}")
-    idx = subset_draws(n, n_features, subset, runs, seed)                       # (R, N, S)
+    idx = subset_draws(n, n_features, subset, runs, seed, named_baseline=baseline != "zeros")   # (R, N, S)
     maps = np.asarray(heatmaps, np.float64).reshape(n, hw)
     att = maps[np.arange(n)[None, :, None], idx % hw].sum(-1)                  # (R, N)
     targets = torch.as_tensor(targets, dtype=torch.long, device=x.device).reshape(-1)

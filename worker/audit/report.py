@@ -357,7 +357,7 @@ QUALITY_TEXT = {  # metric -> (title, which way is better, source)
 
 
 def fig_quality(report: dict) -> str:
-    """One panel per metric: each method's mean over the images, the spread (std) as a bar."""
+    """One panel per metric: each method's mean over the images, the std as an error bar."""
     methods = report["methods"]
     fig, axes = _subplots(1, len(QUALITY_TEXT), (3.0 * len(QUALITY_TEXT), 2.2 + 0.1 * len(methods)))
     for ax, (key, (title, better, _)) in zip(axes[0], QUALITY_TEXT.items()):
@@ -421,9 +421,12 @@ def fig_agreement(report: dict) -> str:
     ax.imshow(mat, cmap="RdBu", vmin=-1, vmax=1)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, "–" if np.isnan(mat[i, j]) else f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=8)
+            v = mat[i, j]
+            ax.text(j, i, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if abs(v) > 0.6 else "black")
     ax.set_xticks(range(k), methods, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(k), methods, fontsize=7)
+    ax.set_title("mean Spearman correlation", fontsize=8)
     return _png(fig)
 
 
