@@ -41,12 +41,14 @@ def explainers(model):
     return {m: (lambda xs, ys, m=m: explain.run(m, model, xs, ys, METHODS[m]).heatmaps) for m in METHODS}
 
 
-def one_unit(setup, sl: slice, params=QualityParams(correlation_runs=6, correlation_subset=20,
-                                                      sensitivity_perturbations=3)) -> Partial:
+SMALL = QualityParams(correlation_runs=6, correlation_subset=20, sensitivity_perturbations=3)
+
+
+def one_unit(setup, sl: slice) -> Partial:
     model, x, _, maps, labels = setup
     idx = np.arange(20)[sl]
     return unit_partial(x[sl], labels[sl], idx, {m: h[sl] for m, h in maps.items()},
-                        predict_fn(model), n_classes=K, steps=4, seed=1, quality=params,
+                        predict_fn(model), n_classes=K, steps=4, seed=1, quality=SMALL,
                         logits=model, explainers=explainers(model), sensitive=np.isin(idx, [0, 7, 13]))
 
 
