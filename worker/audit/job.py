@@ -33,8 +33,7 @@ def quality_fields(partial, j: int) -> dict:
 
 def quality_inputs(manifest: dict, e: Explained) -> dict:
     """unit_partial's arguments for the quality metrics: fp32 logits (in the run's batches), the
-    methods as explainers for max-sensitivity (with gradients, whatever mode the caller is in),
-    and which of the unit's images are in the max-sensitivity sample."""
+    methods as explainers for max-sensitivity, and which of the unit's images are in its sample."""
     opts, model, device = manifest["options"], e.model.model, e.model.device
     fp32 = e.run.forward(model, torch.float32)
     chunk = e.run.batch_size(model, e.inputs[0], "faithfulness", torch.float32)
@@ -43,10 +42,7 @@ def quality_inputs(manifest: dict, e: Explained) -> dict:
         return torch.cat([fp32(c) for c in x.to(device).split(chunk)])
 
     def explainer(m):
-        def run(xs, ys):
-            with torch.inference_mode(False):   # the methods differentiate: ordinary tensors
-                return explain.run(m, model, xs.clone(), ys.clone(), manifest["methods"][m], e.run).heatmaps
-        return run
+        return lambda xs, ys: explain.run(m, model, xs, ys, manifest["methods"][m], e.run).heatmaps
 
     sample = set(sensitivity_sample(len(manifest["inputs"]), opts.get("sensitivity_sample", 0)).tolist())
     return {"quality": QualityParams.from_options(opts), "logits": logits,

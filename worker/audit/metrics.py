@@ -187,9 +187,11 @@ def max_sensitivity(explain: Explain, images, targets, heatmaps, *, perturbation
     flat = x.detach().cpu().reshape(n, -1).double().numpy()
     noisy = np.stack([(flat + rs.uniform(-radius, radius, size=flat.shape)).astype(np.float32)
                       for _ in range(perturbations)])                            # (P, N, F)
-    xs = torch.from_numpy(noisy).view(perturbations * n, *x.shape[1:]).to(x.device)
-    ys = torch.as_tensor(targets, dtype=torch.long).reshape(-1).repeat(perturbations).to(x.device)
-    moved = np.asarray(explain(xs, ys), np.float64).reshape(perturbations, n, -1)
+    with torch.inference_mode(False), torch.enable_grad():   # the methods differentiate, whatever the caller's mode
+        xs = torch.from_numpy(noisy).view(perturbations * n, *x.shape[1:]).to(x.device)
+        ys = torch.as_tensor(np.asarray(targets.cpu() if torch.is_tensor(targets) else targets, np.int64))
+        moved = explain(xs, ys.reshape(-1).repeat(perturbations).to(x.device))
+    moved = np.asarray(moved, np.float64).reshape(perturbations, n, -1)
     a = np.asarray(heatmaps, np.float64).reshape(1, n, -1)
     norm = np.linalg.norm(a, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):

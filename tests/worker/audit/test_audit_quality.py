@@ -66,6 +66,10 @@ def test_unit_quality_computes_what_it_is_given(setup):
         alone = max_sensitivity(explainers(model)[m], x[mask], y[mask], maps[m][mask], perturbations=2, seed=4)
         np.testing.assert_allclose(v["max_sensitivity"][mask], alone, atol=1e-6)   # the sample on its own
     assert list(agree) == [("saliency", "gradcam")] and agree[("saliency", "gradcam")].shape == (20,)
+    with torch.inference_mode():      # as the service runs a unit's audit passes: the re-explanations still work
+        inside, _ = unit_quality(x, maps, y, params=params, seed=4, logits=model, explainers=explainers(model),
+                                 sensitive=mask)
+    np.testing.assert_allclose(inside["gradcam"]["max_sensitivity"], scores["gradcam"]["max_sensitivity"], atol=1e-6)
     bare, _ = unit_quality(x, maps, y, params=QualityParams(correlation_runs=0))
     for m, v in bare.items():    # no logits, no explainers: the maps-only metrics alone
         assert np.isnan(v["faithfulness_correlation"]).all() and np.isnan(v["max_sensitivity"]).all()
