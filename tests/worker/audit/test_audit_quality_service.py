@@ -66,3 +66,13 @@ def test_items_carry_each_images_values(audit):
     rho = [it["agreement"][0]["spearman"] for it in items]
     assert all(it["agreement"][0]["methods"] == ["saliency", "gradcam"] for it in items)
     assert np.mean(rho) == pytest.approx(report["agreement"][0]["overall"]["mean"], abs=1e-4)
+
+
+@pytest.mark.parametrize("options, words", [({"correlation_runs": 1}, "at least 2 runs"),
+                                            ({"correlation_baseline": "uniform"}, "correlation_baseline"),
+                                            ({"sensitivity_radius": -1}, "sensitivity_radius"),
+                                            ({"sensitivity_sample": 10_000}, "sensitivity_sample")])
+def test_bad_metric_options_are_refused_before_anything_runs(http, digits_model, options, words):
+    r = http.post("/v1/audits", json={"model": "digits-cnn", "dataset": "datasets/none", "options": options})
+    assert r.status_code == 422, r.get_json()
+    assert words in json.dumps(r.get_json()["error"])
