@@ -22,10 +22,10 @@ tests compare them).
 Where they differ from Quantus: the maps are normalised per image (Quantus divides by the
 largest |value| of the whole batch, which moves sparseness's 1e-7 offset; with
 `normalise_func_kwargs={"normalise_axes": (1, 2, 3)}` Quantus does the same), so no image's
-map is scaled by another's; an all-zero map gives NaN for
-complexity (Quantus too) and max-sensitivity (Quantus: inf); the correlation's baselines are
-"black" (each image's minimum, Quantus's default), "white" (maximum), "mean" or "zeros"
-(0 in input space; Quantus's `perturb_baseline=0.0`), not Quantus's random "uniform".
+map is scaled by another's; an all-zero map gives NaN for complexity (Quantus too) and
+max-sensitivity (Quantus: inf); the correlation's baselines are "black" (each image's
+minimum, Quantus's default), "white" (maximum), "mean" or "zeros" (0 in input space;
+Quantus's `perturb_baseline=0.0`), not Quantus's random "uniform".
 Random draws: max-sensitivity's noise replays Quantus's from a legacy
 `np.random.RandomState(seed)` (the noise Quantus draws after `np.random.seed(seed)` for the
 same images in the same order); the correlation's subsets come from numpy's PCG64 Generator
@@ -189,8 +189,8 @@ def max_sensitivity(explain: Explain, images, targets, heatmaps, *, perturbation
                       for _ in range(perturbations)])                            # (P, N, F)
     with torch.inference_mode(False), torch.enable_grad():   # the methods differentiate, whatever the caller's mode
         xs = torch.from_numpy(noisy).view(perturbations * n, *x.shape[1:]).to(x.device)
-        ys = torch.as_tensor(np.asarray(targets.cpu() if torch.is_tensor(targets) else targets, np.int64))
-        moved = explain(xs, ys.reshape(-1).repeat(perturbations).to(x.device))
+        ys = torch.from_numpy(np.asarray(torch.as_tensor(targets).cpu(), np.int64).reshape(-1))
+        moved = explain(xs, ys.repeat(perturbations).to(x.device))
     moved = np.asarray(moved, np.float64).reshape(perturbations, n, -1)
     a = np.asarray(heatmaps, np.float64).reshape(1, n, -1)
     norm = np.linalg.norm(a, axis=-1)
