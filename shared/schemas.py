@@ -251,6 +251,31 @@ class AuditOptions(Strict):
     precision: registry.Precision = Field(
         default="auto", description="of the deletion/insertion passes: 'auto' picks bf16/fp16 only where the device "
         "runs it fast (else fp32); a reduced one that disagrees with fp32 on the unit's images falls back to fp32")
+    # explanation-quality metrics (worker/audit/metrics.py); `seed` seeds their random draws too
+    correlation_runs: int = Field(
+        default=32, ge=0, le=1000, description="faithfulness correlation (Bhatt et al. 2020): random feature subsets "
+        "per image and method, each one fp32 forward pass (Quantus's default: 100); 0 turns it off, else at least 2")
+    correlation_subset: int = Field(
+        default=224, ge=1, le=1_000_000, description="faithfulness correlation: input features (channel-pixels) set "
+        "to the baseline per subset; capped at the image's features - 1")
+    correlation_baseline: Literal["black", "white", "mean", "zeros"] = Field(
+        default="black", description="faithfulness correlation: what removed features become: each image's minimum "
+        "('black'), maximum ('white'), mean, or 0 in model-input space ('zeros')")
+    sensitivity_sample: int = Field(
+        default=8, ge=0, le=512, description="max-sensitivity (Yeh et al. 2019): images it runs on, spread evenly over "
+        "the dataset; each is explained again `sensitivity_perturbations` times by every method; 0 turns it off")
+    sensitivity_perturbations: int = Field(default=10, ge=1, le=200,
+                                           description="max-sensitivity: noisy copies per image (Quantus's default: 200)")
+    sensitivity_radius: float = Field(
+        default=0.2, gt=0, le=10, description="max-sensitivity: the noise is uniform in [-radius, radius] per input "
+        "value, in model-input (standardised) units")
+
+    @field_validator("correlation_runs")
+    @classmethod
+    def _correlation_runs(cls, v):
+        if v == 1:
+            raise ValueError("correlation_runs: a correlation needs at least 2 runs (or 0 to turn it off)")
+        return v
 
 
 class AuditSpec(Strict):

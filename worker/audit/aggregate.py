@@ -19,6 +19,12 @@ partial holds the sums of the classes present in its unit only (float32, 4 KB pe
 class and method at 32x32): for units of 32 digits (10 classes), measured ~1.5 KB per
 image and method, compressed. Full-size maps are never kept.
 
+Explanation-quality metrics (`metrics.QUALITY_KEYS`) and the methods' agreement (Spearman
+per pair of methods) are streamed: a partial keeps per class only the count, sum and sum of
+squares of each (finite values; NaN = not computed), so a merged audit holds their mean and
+spread per class without any per-image value. A unit's own per-image values ride along in
+`unit_quality` / `unit_agreement` for its item.json, never stored nor merged.
+
 Serialisation: `Partial.to_bytes()` / `Partial.from_bytes()` -- a compressed npz,
 no pickle (the metadata is a JSON string).
 """
@@ -33,10 +39,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .metrics import QUALITY_KEYS
 from .shortcuts import mass_maps
 
 FAITH_KEYS = ("deletion", "insertion", "deletion_random", "insertion_random")
 FORMAT = "xaiq.audit.partial/1"
+
+
+def method_pairs(methods: list[str]) -> list[tuple[str, str]]:
+    """The pairs of methods the agreement is measured for, in a fixed order."""
+    return [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
+
+
+def moments(values, labels, n_classes: int) -> np.ndarray:
+    """(K, 3) float64: per class the count, sum and sum of squares of the finite values."""
+    v = np.asarray(values, np.float64)
+    ok = np.isfinite(v)
+    out = np.zeros((n_classes, 3))
+    lab = np.asarray(labels, np.int64)[ok]
+    np.add.at(out, (lab, 0), 1.0)
+    np.add.at(out, (lab, 1), v[ok])
+    np.add.at(out, (lab, 2), v[ok] ** 2)
+    return out
 
 
 def pooled_mass_maps(heatmaps, size: int) -> np.ndarray:
@@ -62,15 +86,22 @@ class Partial:
     map_sums: dict[str, np.ndarray] = field(default_factory=dict)   # (K, S, S) float64
     thumbs: dict[str, np.ndarray] = field(default_factory=dict)     # (n, s, s) float16
     faith: dict[str, np.ndarray] = field(default_factory=dict)      # (n, 4) float32
+    quality: dict[str, np.ndarray] = field(default_factory=dict)    # (K, len(QUALITY_KEYS), 3) moments
+    agreement: np.ndarray | None = None                              # (pairs, K, 3) moments
+    unit_quality: dict = field(default_factory=dict)     # this unit's {method: {metric: (n,)}}, not stored
+    unit_agreement: dict = field(default_factory=dict)   # this unit's {(a, b): (n,)}, not stored
 
     def __post_init__(self):
         k = self.n_classes
         if self.confusion is None:
             self.confusion = np.zeros((k, k), np.int64)
+        if self.agreement is None:
+            self.agreement = np.zeros((len(method_pairs(self.methods)), k, 3))
         for m in self.methods:
             self.map_sums.setdefault(m, np.zeros((k, self.map_size, self.map_size)))
             self.thumbs.setdefault(m, np.zeros((0, self.thumb_size, self.thumb_size), np.float16))
             self.faith.setdefault(m, np.zeros((0, 4), np.float32))
+            self.quality.setdefault(m, np.zeros((k, len(QUALITY_KEYS), 3)))
 
     @property
     def n(self) -> int:
@@ -79,9 +110,12 @@ class Partial:
     @classmethod
     def from_batch(cls, indices, labels, probs, heatmaps: dict[str, np.ndarray], *, n_classes: int,
                    faithfulness: dict[str, dict[str, np.ndarray]] | None = None,
-                   map_size: int = 32, thumb_size: int = 16) -> "Partial":
+                   map_size: int = 32, thumb_size: int = 16,
+                   quality: dict[str, dict[str, np.ndarray]] | None = None,
+                   agreement: dict[tuple[str, str], np.ndarray] | None = None) -> "Partial":
         """One unit's partial. probs (N, K) model probabilities; heatmaps method -> (N, H, W);
-        faithfulness method -> {deletion, insertion, deletion_random, insertion_random: (N,)}."""
+        faithfulness method -> {deletion, insertion, deletion_random, insertion_random: (N,)};
+        quality method -> {metric: (N,)} (`metrics.unit_quality`); agreement (a, b) -> (N,)."""
         probs = np.asarray(probs, np.float32)
         labels = np.asarray(labels, np.int64)
         preds = probs.argmax(1).astype(np.int64)
@@ -98,7 +132,20 @@ class Partial:
             f = (faithfulness or {}).get(m)
             p.faith[m] = (np.stack([np.asarray(f[k], np.float32) for k in FAITH_KEYS], 1) if f is not None
                           else np.full((len(labels), 4), np.nan, np.float32))
+        p.add_quality(labels, quality or {}, agreement or {})
         return p
+
+    def add_quality(self, labels, quality: dict, agreement: dict) -> None:
+        """Count a unit's per-image metric values into the per-class moments."""
+        nan = np.full(len(labels), np.nan)
+        self.unit_quality = {m: {k: np.asarray(quality.get(m, {}).get(k, nan), np.float64) for k in QUALITY_KEYS}
+                             for m in self.methods}
+        self.unit_agreement = {pair: np.asarray(agreement.get(pair, nan), np.float64)
+                               for pair in method_pairs(self.methods)}
+        for m, values in self.unit_quality.items():
+            self.quality[m] += np.stack([moments(values[k], labels, self.n_classes) for k in QUALITY_KEYS], 1)
+        for j, pair in enumerate(method_pairs(self.methods)):
+            self.agreement[j] += moments(self.unit_agreement[pair], labels, self.n_classes)
 
     # --- serialisation -------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -112,6 +159,8 @@ class Partial:
             arrays[f"map_sums_{j}"] = self.map_sums[m][present].astype(np.float32)
             arrays[f"thumbs_{j}"] = self.thumbs[m]
             arrays[f"faith_{j}"] = self.faith[m]
+            arrays[f"quality_{j}"] = self.quality[m][present]
+        arrays["agreement"] = self.agreement[:, present]
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         return buf.getvalue()
@@ -124,16 +173,24 @@ class Partial:
                 raise ValueError(f"not an audit partial: {meta.get('format')!r}")
             ms = meta["methods"]
             present = z["map_classes"]
-            sums = {}
+            k = meta["n_classes"]
+            sums, quality = {}, {}
+            agreement = np.zeros((len(method_pairs(ms)), k, 3))
             for j, m in enumerate(ms):
-                sums[m] = np.zeros((meta["n_classes"], meta["map_size"], meta["map_size"]))
+                sums[m] = np.zeros((k, meta["map_size"], meta["map_size"]))
                 sums[m][present] = z[f"map_sums_{j}"]
-            return cls(meta["n_classes"], ms, tuple(meta["input_size"]), meta["map_size"], meta["thumb_size"],
+                quality[m] = np.zeros((k, len(QUALITY_KEYS), 3))
+                if f"quality_{j}" in z.files:   # partials written before the metrics have none
+                    quality[m][present] = z[f"quality_{j}"]
+            if "agreement" in z.files:
+                agreement[:, present] = z["agreement"]
+            return cls(k, ms, tuple(meta["input_size"]), meta["map_size"], meta["thumb_size"],
                        indices=z["indices"], labels=z["labels"], preds=z["preds"],
                        confidence=z["confidence"], confusion=z["confusion"],
                        map_sums=sums,
                        thumbs={m: z[f"thumbs_{j}"] for j, m in enumerate(ms)},
-                       faith={m: z[f"faith_{j}"] for j, m in enumerate(ms)})
+                       faith={m: z[f"faith_{j}"] for j, m in enumerate(ms)},
+                       quality=quality, agreement=agreement)
 
 
 def merge(partials: Iterable[Partial | bytes]) -> Partial:
@@ -156,10 +213,12 @@ def merge(partials: Iterable[Partial | bytes]) -> Partial:
             raise ValueError(f"image indices merged twice: {sorted(dup)[:10]}")
         seen.update(p.indices.tolist())
         out.confusion += p.confusion
+        out.agreement += p.agreement
         for k in ("indices", "labels", "preds", "confidence"):
             per_image[k].append(getattr(p, k))
         for m in p.methods:
             out.map_sums[m] += p.map_sums[m]
+            out.quality[m] += p.quality[m]
             per_image[f"t:{m}"].append(p.thumbs[m])
             per_image[f"f:{m}"].append(p.faith[m])
     if out is None:
@@ -183,10 +242,25 @@ def _stats(f: np.ndarray) -> dict:
             "insertion_beats_random": float(np.mean(f[:, 1] > f[:, 3]))}
 
 
+def moment_stats(m: np.ndarray) -> dict:
+    """{n, mean, std} (population std) from one row of moments (count, sum, sum of squares)."""
+    n = int(m[0])
+    if not n:
+        return {"n": 0, "mean": None, "std": None}
+    mean = m[1] / n
+    return {"n": n, "mean": float(mean), "std": float(np.sqrt(max(m[2] / n - mean**2, 0.0)))}
+
+
+def quality_summary(moments_k: np.ndarray) -> dict:
+    """{overall, per_class} stats from (K, 3) moments."""
+    return {"overall": moment_stats(moments_k.sum(0)), "per_class": [moment_stats(r) for r in moments_k]}
+
+
 def summarise(merged: Partial, class_names: list[str] | None = None, bins: int = 20) -> dict:
     """JSON-ready summary: accuracy, confusion, per-class accuracy, per-method
-    faithfulness (overall and per class), AUC histograms and per-class mean maps
-    (map_size^2, uniform = 1)."""
+    faithfulness (overall and per class), AUC histograms, per-class mean maps
+    (map_size^2, uniform = 1), quality metrics and the methods' agreement ({n, mean, std}
+    overall and per class)."""
     k = merged.n_classes
     names = list(class_names) if class_names else [str(i) for i in range(k)]
     counts = merged.confusion.sum(1)
@@ -206,6 +280,7 @@ def summarise(merged: Partial, class_names: list[str] | None = None, bins: int =
             },
             "mean_maps": [(merged.map_sums[m][c] / counts[c]).round(4).tolist() if counts[c] else None
                           for c in range(k)],
+            "quality": {key: quality_summary(merged.quality[m][:, j]) for j, key in enumerate(QUALITY_KEYS)},
         }
     return {
         "n_images": int(merged.n),
@@ -218,4 +293,6 @@ def summarise(merged: Partial, class_names: list[str] | None = None, bins: int =
         "per_class": [{"class": c, "name": names[c], "count": int(counts[c]), "correct": int(correct[c]),
                        "accuracy": float(correct[c] / counts[c]) if counts[c] else None} for c in range(k)],
         "per_method": methods,
+        "agreement": [{"methods": list(pair), **quality_summary(merged.agreement[j])}
+                      for j, pair in enumerate(method_pairs(merged.methods))],
     }

@@ -1,5 +1,5 @@
 """Audits inside the service: the glue between a work unit, storage and the pure audit
-modules. Per unit: faithfulness and a partial; at the end: merge, sanity check,
+modules. Per unit: faithfulness, quality metrics and a partial; at the end: merge, sanity check,
 shortcuts, the report (report.json and report.html)."""
 from __future__ import annotations
 
@@ -14,13 +14,45 @@ from worker.audit import finalize, run_sanity, unit_partial
 from worker.audit.sanity import randomisable_layers
 from worker.audit.aggregate import FAITH_KEYS
 from worker.audit.faithfulness import choose_for_curves
+from worker.audit.metrics import QualityParams, sensitivity_sample
 from worker.context import WorkerContext
 from worker.explain.batching import predicted
 from worker.unit import Explained, read_batch
 
 
+def _rounded(v: float) -> float | None:
+    return round(float(v), 5) if np.isfinite(v) else None
+
+
+def quality_fields(partial, j: int) -> dict:
+    """One image's metric values and the methods' agreement, for its item.json (null: not computed)."""
+    return {"quality": {m: {k: _rounded(v[j]) for k, v in partial.unit_quality[m].items()} for m in partial.methods},
+            "agreement": [{"methods": list(pair), "spearman": _rounded(v[j])}
+                          for pair, v in partial.unit_agreement.items()]}
+
+
+def quality_inputs(manifest: dict, e: Explained) -> dict:
+    """unit_partial's arguments for the quality metrics: fp32 logits (in the run's batches), the
+    methods as explainers for max-sensitivity, and which of the unit's images are in its sample."""
+    opts, model, device = manifest["options"], e.model.model, e.model.device
+    fp32 = e.run.forward(model, torch.float32)
+    chunk = e.run.batch_size(model, e.inputs[0], "faithfulness", torch.float32)
+
+    def logits(x):
+        return torch.cat([fp32(c) for c in x.to(device).split(chunk)])
+
+    def explainer(m):
+        return lambda xs, ys: explain.run(m, model, xs, ys, manifest["methods"][m], e.run).heatmaps
+
+    sample = set(sensitivity_sample(len(manifest["inputs"]), opts.get("sensitivity_sample", 0)).tolist())
+    return {"quality": QualityParams.from_options(opts), "logits": logits,
+            "explainers": {m: explainer(m) for m in e.results},
+            "sensitive": np.array([i in sample for i in e.batch.indices], bool)}
+
+
 def on_batch(manifest: dict, keys: Keys, job: str, unit: int):
-    """The audit's addition to a unit: deletion/insertion per method, correctness, a partial."""
+    """The audit's addition to a unit: deletion/insertion and the quality metrics per method,
+    the methods' agreement, correctness, a partial."""
     opts = manifest["options"]
 
     def add(e: Explained):
@@ -32,12 +64,14 @@ def on_batch(manifest: dict, keys: Keys, job: str, unit: int):
             partial = unit_partial(e.inputs, truth, e.batch.indices, heatmaps,
                                    lambda x: forward(x.to(device)).softmax(1), n_classes=len(e.model.classes),
                                    steps=opts["faithfulness_steps"], seed=opts["seed"], probs=e.probabilities,
-                                   batch_size=e.run.batch_size(model, e.inputs[0], "faithfulness", dtype))
+                                   batch_size=e.run.batch_size(model, e.inputs[0], "faithfulness", dtype),
+                                   **quality_inputs(manifest, e))
         preds = partial.preds
         fields = [{
             "label": int(truth[j]), "label_class": e.model.classes[truth[j]], "correct": bool(preds[j] == truth[j]),
             "faithfulness": {m: {k: round(float(partial.faith[m][j, c]), 5) for c, k in enumerate(FAITH_KEYS)}
                              for m in partial.methods},
+            **quality_fields(partial, j),
         } for j in range(len(truth))]
         return [(keys.audit_partial(job, unit), partial.to_bytes())], fields
 
