@@ -1,0 +1,179 @@
+"""Layer-wise relevance propagation: the target's logit redistributed layer by layer down to
+the pixels, by a rule per kind of layer.
+
+Paper: Bach et al. 2015, "On Pixel-Wise Explanations for Non-Linear Classifier Decisions by
+Layer-Wise Relevance Propagation", https://doi.org/10.1371/journal.pone.0130140; rules and
+their choice per layer: Montavon et al. 2019, "Layer-Wise Relevance Propagation: An
+Overview", https://doi.org/10.1007/978-3-030-28954-6_10; Kohlbrenner et al. 2020,
+https://arxiv.org/abs/1910.09840
+Target: the target's logit (the relevance at the output, as the LRP literature and zennit
+start), so relevance conservation reads: the map sums to about that logit, less what the
+biases absorb. The rules, as zennit's composites apply them (same stabilisers):
+convolutions take `rule` ('epsilon', 'zplus' or 'alpha2beta1'); nn.Linear layers epsilon;
+the first convolution or linear layer the image reaches, if `first_layer` is 'flat', the
+flat rule; average pools the epsilon rule with 1e-6 (zennit's Norm); activations and batch
+norms pass relevance on unchanged (Pass), except a batch norm that directly follows a
+convolution or linear layer, which is merged into it first (zennit's canonizer). Max pools
+and anything else pass gradients. zplus+flat is zennit's EpsilonPlusFlat, alpha2beta1 its
+EpsilonAlpha2Beta1. Rules are forward hooks whose outputs keep the layer's values and carry
+the rule's backward (gradient x input form); all are removed on exit, also on error.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batching import predicted, prepare
+from .context import DEFAULT, RunContext
+from .hooks import evaluating, forward_hooks
+from .pictures import overlay, to_numpy
+from .result import Explanation
+
+STABILIZER = 1e-6
+LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+PASS = (nn.ELU, nn.Hardshrink, nn.Hardsigmoid, nn.Hardtanh, nn.Hardswish, nn.LeakyReLU, nn.LogSigmoid, nn.PReLU,
+        nn.ReLU, nn.ReLU6, nn.RReLU, nn.SELU, nn.CELU, nn.GELU, nn.Sigmoid, nn.SiLU, nn.Softplus, nn.Softshrink,
+        nn.Softsign, nn.Tanh, nn.Tanhshrink, nn.Threshold)   # zennit's activations (its Pass rule)
+AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """z shifted away from zero by eps with its sign (+eps at zero), as zennit's stabilizer."""
+    return z + ((z == 0).to(z) + z.sign()) * eps
+
+
+def layer_fn(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None):
+    """The conv or linear layer as a function of its input with these parameters."""
+    if isinstance(module, nn.Linear):
+        return lambda t: F.linear(t, weight, bias)
+    return lambda t: module._conv_forward(t, weight, bias)
+
+
+def terms(rule: str, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, eps: float):
+    """[(coefficient, stabiliser, [(modified input, modified weight, modified bias)])]: each group's
+    outputs are summed into one denominator; relevance = sum of coefficient * input * gradient."""
+    pos, neg, zero = w.clamp(min=0), w.clamp(max=0), None
+    bp, bn = (b.clamp(min=0), b.clamp(max=0)) if b is not None else (None, None)
+    ap, an = a.clamp(min=0), a.clamp(max=0)
+    if rule == "epsilon":
+        return [(1.0, eps, [(a, w, b)])]
+    if rule == "zplus":
+        return [(1.0, STABILIZER, [(ap, pos, bp), (an, neg, zero)])]
+    if rule == "alpha2beta1":
+        return [(2.0, STABILIZER, [(ap, pos, bp), (an, neg, zero)]), (-1.0, STABILIZER, [(ap, neg, bn), (an, pos, zero)])]
+    if rule == "flat":
+        return [(1.0, STABILIZER, [(torch.ones_like(a), torch.ones_like(w), zero)])]
+    raise ValueError(f"unknown rule {rule!r}")
+
+
+def relevance_output(z: torch.Tensor, a: torch.Tensor, groups, fn) -> torch.Tensor:
+    """z, whose gradient with respect to `a` is the rule's relevance: with R the gradient arriving
+    at z, sum over groups of coefficient * sum_k input_k * d(sum fn_k(input_k) * R / stab)/d input_k."""
+    gate = 1.0 + (a - a.detach())          # 1, with the identity as its gradient
+    out = z.detach()
+    for coef, eps, group in groups:
+        outs = [fn(module_w, module_b)(inp.detach() * gate) for inp, module_w, module_b in group]
+        total = sum(outs)
+        scaled = total / stabilize(total.detach(), eps)
+        out = out + coef * (scaled - scaled.detach())
+    return out
+
+
+def merged(layer: nn.Module, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of the layer with the eval-mode batch norm after it folded in."""
+    scale = bn.running_var.add(bn.eps).rsqrt() * (bn.weight if bn.weight is not None else 1.0)
+    shift = (bn.bias if bn.bias is not None else 0.0) - bn.running_mean * scale
+    w = layer.weight * scale.view(-1, *[1] * (layer.weight.dim() - 1))
+    b = (layer.bias * scale if layer.bias is not None else 0.0) + shift
+    return w, b
+
+
+def probe(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module | None, dict[nn.Module, nn.Module]]:
+    """One forward of x: (the first conv/linear layer run, {batch norm: the layer whose output it takes})."""
+    order, pairs, last = [], {}, {}
+
+    def seen(m, _i, out):
+        order.append(m)
+        last["out"], last["m"] = out, m
+
+    def takes(m, inputs):
+        if inputs[0] is last.get("out") and m.running_var is not None:
+            pairs[m] = last["m"]
+
+    with forward_hooks([(m, seen) for m in model.modules() if isinstance(m, LINEAR)],
+                       [(m, takes) for m in model.modules() if isinstance(m, BATCHNORM)]), torch.no_grad():
+        model(x)
+    return (order[0] if order else None), pairs
+
+
+def rules(model: nn.Module, x: torch.Tensor, rule: str, first_layer: str, epsilon: float):
+    """Context: the model's layers propagate relevance (x: an example batch for the probe)."""
+    first, pairs = probe(model, x)
+    folded, inputs = set(pairs.values()), {}
+
+    def rule_of(m):
+        return "flat" if m is first and first_layer == "flat" else ("epsilon" if isinstance(m, nn.Linear) else rule)
+
+    def linear(m, inp, out):
+        if m in folded:                    # its batch norm applies the rule, with merged parameters
+            inputs[m] = inp[0]
+            return None
+        fn = lambda w, b: layer_fn(m, w, b)   # noqa: E731
+        return relevance_output(out, inp[0], terms(rule_of(m), inp[0], m.weight, m.bias, epsilon), fn)
+
+    def norm(m, inp, out):
+        if m not in pairs:
+            return out.detach() + (inp[0] - inp[0].detach())           # Pass
+        layer = pairs[m]
+        a, (w, b) = inputs.pop(layer), merged(layer, m)
+        return relevance_output(out, a, terms(rule_of(layer), a, w, b, epsilon), lambda w_, b_: layer_fn(layer, w_, b_))
+
+    def passing(_m, inp, out):
+        return out.detach() + (inp[0] - inp[0].detach())
+
+    def average(m, inp, out):
+        return relevance_output(out, inp[0], [(1.0, STABILIZER, [(inp[0], None, None)])], lambda _w, _b: m)
+
+    mods = list(model.modules())
+    return forward_hooks([(m, linear) for m in mods if isinstance(m, LINEAR)]
+                         + [(m, norm) for m in mods if isinstance(m, BATCHNORM)]
+                         + [(m, passing) for m in mods if isinstance(m, PASS)]
+                         + [(m, average) for m in mods if isinstance(m, AVGPOOL)])
+
+
+def lrp_tensor(model: nn.Module, images: torch.Tensor, labels=None, rule: str = "zplus", first_layer: str = "flat",
+               epsilon: float = 1e-6, batch_size: int | None = None, run: RunContext = DEFAULT):
+    """(relevance (N,C,H,W) on the model's device, labels used)."""
+    x, y = prepare(model, images, labels)
+    out = torch.zeros_like(x)
+    with evaluating(model):
+        if y is None:
+            y = predicted(model, x, run=run)
+        per = batch_size or run.batch_size(model, x[0], "lrp", grad=True)
+        with rules(model, x[:1], rule, first_layer, epsilon), torch.enable_grad():
+            for i in range(0, len(x), per):
+                run.checkpoint()
+                s = slice(i, min(i + per, len(x)))
+                inp = x[s].clone().requires_grad_(True)
+                logits = model(inp).float()
+                seed = torch.zeros_like(logits).scatter_(1, y[s, None], logits.detach().gather(1, y[s, None]))
+                (out[s],) = torch.autograd.grad(logits, inp, grad_outputs=seed)
+    return out, y
+
+
+def lrp(model: nn.Module, images: torch.Tensor, labels=None, rule: str = "zplus", first_layer: str = "flat",
+        epsilon: float = 1e-6, batch_size: int | None = None) -> np.ndarray:
+    """(N,C,H,W) float32 relevance; labels default to the predicted classes."""
+    return to_numpy(lrp_tensor(model, images, labels, rule, first_layer, epsilon, batch_size)[0])
+
+
+def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params,
+            run: RunContext = DEFAULT) -> Explanation:
+    """maps: (N,C,H,W) relevance; heatmaps: (N,H,W) channel sum (signed);
+    pictures: jet overlay of the positive part of the heatmap."""
+    r, _ = lrp_tensor(model, images, labels, params.rule, params.first_layer, params.epsilon, run=run)
+    heat = r.sum(1)
+    return Explanation(maps=to_numpy(r), pictures=overlay(images, heat.clamp_min(0)), heatmaps=to_numpy(heat))
