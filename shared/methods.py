@@ -279,7 +279,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("guided_backprop", GuidedBackpropParams, attribution=True, needs=("hooks",)),
     Method("gradient_shap", GradientShapParams, attribution=True, example={"samples": 4, "baselines": 3, "seed": 2},
            cost=lambda p, images, units, model: 3 * images * p["samples"]),
-    Method("deeplift", DeepLiftParams, attribution=True, needs=("modules",),
+    Method("deeplift", DeepLiftParams, attribution=True, needs=("hooks",),
            cost=lambda p, images, units, model: 6 * images),          # image and baseline: forward + backward
     Method("occlusion", OcclusionParams, attribution=True, example={"window": 12, "stride": 8},
            cost=lambda p, images, units, model: images * (1 + occlusion_positions(p, model))),

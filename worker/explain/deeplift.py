@@ -9,28 +9,31 @@ their mean over the classes; like a log-probability it ignores a shift of every 
 Summation to delta then holds: the map sums to that score at the input minus at the baseline.
 Equals Captum's DeepLift (eps 1e-10) on that score, image by image: input and baseline run as
 one batch; the element-wise non-linearities Captum handles (ReLU, LeakyReLU, ELU, Sigmoid,
-Tanh, Softplus) pass Δout/Δin (the gradient where |Δin| < eps), nn.MaxPool2d routes the
-difference of its outputs to the winners' positions as Captum does (adding, where overlapping
-windows share a winner); every other module passes gradients, which is exact for linear ones
-(convolutions, batch norm in eval, pooling by averages, sums). Re-wired by forward hooks,
-removed on exit, also on error.
+Tanh, Softplus modules) pass Δout/Δin (the gradient where |Δin| < eps), max pools route the
+difference of their outputs to the winners' positions as Captum does (through the pool's own
+gradient: adding where overlapping windows share a winner); every other module passes
+gradients, which is exact for linear ones (convolutions, batch norm in eval, average pools,
+sums). Modules are found by their class name, so an exported program's modules qualify.
+Captum 0.9 reads a stale gradient where two such modules follow each other (a ReLU right
+before a max pool: captum#1104, fixed after 0.9.0), so the tests compare with Captum on the
+same network with an identity copy between them. Re-wired by forward hooks, removed on
+exit, also on error.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .batching import predicted, prepare
 from .context import DEFAULT, RunContext
-from .hooks import evaluating, forward_hooks
+from .hooks import evaluating, forward_hooks, type_name
 from .integrated_gradients import baseline_of
 from .pictures import overlay, to_numpy
 from .result import Explanation
 
 EPS = 1e-10
-NONLINEAR = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Softplus)
+NONLINEAR = ("ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh", "Softplus")   # Captum's element-wise ones
 
 
 def delta(t: torch.Tensor) -> torch.Tensor:
@@ -39,32 +42,34 @@ def delta(t: torch.Tensor) -> torch.Tensor:
     return a - b
 
 
-def _scatter(v: torch.Tensor, idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Max-pool values v (n, c, h, w) added at their winners' flat positions `idx` in `like`."""
-    out = torch.zeros(like.shape[0], like.shape[1], like[0, 0].numel(), dtype=v.dtype, device=v.device)
-    return out.scatter_add_(2, idx.flatten(2), v.flatten(2)).view_as(like)
-
-
 class MaxPoolRescale(torch.autograd.Function):
-    """nn.MaxPool2d on [input; baseline] with DeepLIFT's multipliers backward."""
+    """A max pool on [input; baseline] with DeepLIFT's multipliers backward: the difference of
+    the outputs goes to the winners' positions (the pool's own gradient routes it), over Δin."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
-        out, idx = F.max_pool2d(a, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, True)
-        ctx.save_for_backward(a, out, idx)
-        return out
+    def forward(ctx, a: torch.Tensor, pool: nn.Module) -> torch.Tensor:
+        ctx.pool = pool
+        ctx.save_for_backward(a)
+        return pool.forward(a)        # .forward: without its hooks
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        a, out, idx = ctx.saved_tensors
-        (o_x, o_r), (g_x, g_r), (i_x, i_r), (a_x, _) = out.chunk(2), grad.chunk(2), idx.chunk(2), a.chunk(2)
+        (a,) = ctx.saved_tensors
+        with torch.enable_grad():
+            leaf = a.detach().requires_grad_(True)
+            out = ctx.pool.forward(leaf)
+
+        def routed(v):   # v at the outputs, added at the positions that won each window
+            return torch.autograd.grad(out, leaf, v, retain_graph=True)[0]
+
+        (o_x, o_r), (g_x, g_r) = out.detach().chunk(2), grad.chunk(2)
         top = torch.maximum(o_x, o_r)
-        routed = _scatter(g_x * (top - o_r), i_x, a_x) + _scatter(g_r * (o_x - top), i_r, a_x)
+        moved = routed(torch.cat([g_x * (top - o_r), g_r * (o_x - top)]))
         d_in = delta(a)
         small = d_in.abs() < EPS
-        g = routed / torch.where(small, 1.0, d_in)
-        plain = torch.cat([_scatter(g_x, i_x, a_x), _scatter(g_r, i_r, a_x)])   # each half its own gradient
-        return torch.where(small.repeat(2, 1, 1, 1), plain, torch.cat([g, g])), None
+        first, second = moved.chunk(2)
+        g = (first + second) / torch.where(small, 1.0, d_in)
+        return torch.where(small.repeat(2, *[1] * (a.dim() - 1)), routed(grad), torch.cat([g, g])), None
 
 
 def rescaled(model: nn.Module):
@@ -88,8 +93,9 @@ def rescaled(model: nn.Module):
     def pool(module, inputs, _out):
         return MaxPoolRescale.apply(inputs[0], module)
 
-    nonlinear = [m for m in model.modules() if isinstance(m, NONLINEAR)]
-    pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d) and not m.return_indices]
+    nonlinear = [m for m in model.modules() if type_name(m) in NONLINEAR]
+    pools = [m for m in model.modules() if type_name(m).startswith(("MaxPool", "AdaptiveMaxPool"))
+             and not getattr(m, "return_indices", False)]
     return forward_hooks([(m, rescale) for m in nonlinear] + [(m, pool) for m in pools],
                          pre_hooks=[(m, keep_input) for m in nonlinear])
 

@@ -1,22 +1,17 @@
-"""Layer-wise relevance propagation: the target's logit redistributed layer by layer down to
-the pixels, by a rule per kind of layer.
+"""Layer-wise relevance propagation (LRP): the target's logit redistributed layer by layer down
+to the pixels, by a rule per kind of layer.
 
-Paper: Bach et al. 2015, "On Pixel-Wise Explanations for Non-Linear Classifier Decisions by
-Layer-Wise Relevance Propagation", https://doi.org/10.1371/journal.pone.0130140; rules and
-their choice per layer: Montavon et al. 2019, "Layer-Wise Relevance Propagation: An
-Overview", https://doi.org/10.1007/978-3-030-28954-6_10; Kohlbrenner et al. 2020,
-https://arxiv.org/abs/1910.09840
-Target: the target's logit (the relevance at the output, as the LRP literature and zennit
-start), so relevance conservation reads: the map sums to about that logit, less what the
-biases absorb. The rules, as zennit's composites apply them (same stabilisers):
-convolutions take `rule` ('epsilon', 'zplus' or 'alpha2beta1'); nn.Linear layers epsilon;
-the first convolution or linear layer the image reaches, if `first_layer` is 'flat', the
-flat rule; average pools the epsilon rule with 1e-6 (zennit's Norm); activations and batch
-norms pass relevance on unchanged (Pass), except a batch norm that directly follows a
-convolution or linear layer, which is merged into it first (zennit's canonizer). Max pools
-and anything else pass gradients. zplus+flat is zennit's EpsilonPlusFlat, alpha2beta1 its
-EpsilonAlpha2Beta1. Rules are forward hooks whose outputs keep the layer's values and carry
-the rule's backward (gradient x input form); all are removed on exit, also on error.
+Paper: Bach et al. 2015, https://doi.org/10.1371/journal.pone.0130140; rules per layer:
+Montavon et al. 2019, "Layer-Wise Relevance Propagation: An Overview",
+https://doi.org/10.1007/978-3-030-28954-6_10
+Target: the target's logit, where LRP and zennit start: the map sums to about that logit, less
+what biases absorb. The rules as zennit's composites apply them, with its stabilisers:
+convolutions take `rule` (epsilon, zplus, alpha2beta1), nn.Linear layers epsilon, the first
+conv/linear layer the image reaches flat if `first_layer` is 'flat' (zplus + flat is zennit's
+EpsilonPlusFlat); average pools zennit's Norm; activations and batch norms pass relevance on
+(Pass), but a batch norm right after a conv/linear layer is merged into it first (zennit's
+canonizer); max pools and the rest pass gradients. Rules are forward hooks whose outputs keep
+the layer's values and carry the rule as their backward; removed on exit, also on error.
 """
 from __future__ import annotations
 
@@ -40,55 +35,55 @@ AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.Ad
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """z shifted away from zero by eps with its sign (+eps at zero), as zennit's stabilizer."""
-    return z + ((z == 0).to(z) + z.sign()) * eps
-
-
-def layer_fn(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None):
-    """The conv or linear layer as a function of its input with these parameters."""
+def layer_fn(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """The conv or linear layer as a function of its input, with these parameters (no hooks)."""
     if isinstance(module, nn.Linear):
         return lambda t: F.linear(t, weight, bias)
     return lambda t: module._conv_forward(t, weight, bias)
 
 
-def terms(rule: str, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, eps: float):
-    """[(coefficient, stabiliser, [(modified input, modified weight, modified bias)])]: each group's
-    outputs are summed into one denominator; relevance = sum of coefficient * input * gradient."""
-    pos, neg, zero = w.clamp(min=0), w.clamp(max=0), None
+def terms(rule: str, layer: nn.Module, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, eps: float):
+    """[(coefficient, stabiliser, [(modified input, modified layer)])] as zennit's rules: each
+    group's outputs share one denominator; relevance = sum of coefficient * input * gradient."""
+    pos, neg = w.clamp(min=0), w.clamp(max=0)
     bp, bn = (b.clamp(min=0), b.clamp(max=0)) if b is not None else (None, None)
     ap, an = a.clamp(min=0), a.clamp(max=0)
     if rule == "epsilon":
-        return [(1.0, eps, [(a, w, b)])]
+        return [(1.0, eps, [(a, layer_fn(layer, w, b))])]
+    plus = [(ap, layer_fn(layer, pos, bp)), (an, layer_fn(layer, neg))]
     if rule == "zplus":
-        return [(1.0, STABILIZER, [(ap, pos, bp), (an, neg, zero)])]
+        return [(1.0, STABILIZER, plus)]
     if rule == "alpha2beta1":
-        return [(2.0, STABILIZER, [(ap, pos, bp), (an, neg, zero)]), (-1.0, STABILIZER, [(ap, neg, bn), (an, pos, zero)])]
+        return [(2.0, STABILIZER, plus), (-1.0, STABILIZER, [(ap, layer_fn(layer, neg, bn)), (an, layer_fn(layer, pos))])]
     if rule == "flat":
-        return [(1.0, STABILIZER, [(torch.ones_like(a), torch.ones_like(w), zero)])]
+        return [(1.0, STABILIZER, [(torch.ones_like(a), layer_fn(layer, torch.ones_like(w)))])]
     raise ValueError(f"unknown rule {rule!r}")
 
 
-def relevance_output(z: torch.Tensor, a: torch.Tensor, groups, fn) -> torch.Tensor:
-    """z, whose gradient with respect to `a` is the rule's relevance: with R the gradient arriving
-    at z, sum over groups of coefficient * sum_k input_k * d(sum fn_k(input_k) * R / stab)/d input_k."""
+def relevance_output(z: torch.Tensor, a: torch.Tensor, groups) -> torch.Tensor:
+    """z's values, with the rule as its backward: given the relevance R arriving at z, the
+    gradient at `a` is sum of coefficient * input_k * d(sum_k layer_k(input_k) . R / stab)/d input_k."""
     gate = 1.0 + (a - a.detach())          # 1, with the identity as its gradient
     out = z.detach()
     for coef, eps, group in groups:
-        outs = [fn(module_w, module_b)(inp.detach() * gate) for inp, module_w, module_b in group]
-        total = sum(outs)
-        scaled = total / stabilize(total.detach(), eps)
+        total = sum(fn(inp.detach() * gate) for inp, fn in group)
+        z_ = total.detach()
+        scaled = total / (z_ + ((z_ == 0).to(z_) + z_.sign()) * eps)   # zennit's stabiliser: away from 0
         out = out + coef * (scaled - scaled.detach())
     return out
 
 
+def passed(inp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out's values; relevance passes back unchanged (zennit's Pass)."""
+    return out.detach() + (inp - inp.detach())
+
+
 def merged(layer: nn.Module, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight, bias) of the layer with the eval-mode batch norm after it folded in."""
-    scale = bn.running_var.add(bn.eps).rsqrt() * (bn.weight if bn.weight is not None else 1.0)
-    shift = (bn.bias if bn.bias is not None else 0.0) - bn.running_mean * scale
+    """(weight, bias) of the layer with the eval-mode batch norm after it folded in (zennit's arithmetic)."""
+    scale = (bn.weight if bn.weight is not None else 1.0) / (bn.running_var + bn.eps) ** 0.5
     w = layer.weight * scale.view(-1, *[1] * (layer.weight.dim() - 1))
-    b = (layer.bias * scale if layer.bias is not None else 0.0) + shift
-    return w, b
+    b = ((layer.bias if layer.bias is not None else 0.0) - bn.running_mean) * scale
+    return w, (b + bn.bias if bn.bias is not None else b)
 
 
 def probe(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module | None, dict[nn.Module, nn.Module]]:
@@ -121,26 +116,23 @@ def rules(model: nn.Module, x: torch.Tensor, rule: str, first_layer: str, epsilo
         if m in folded:                    # its batch norm applies the rule, with merged parameters
             inputs[m] = inp[0]
             return None
-        fn = lambda w, b: layer_fn(m, w, b)   # noqa: E731
-        return relevance_output(out, inp[0], terms(rule_of(m), inp[0], m.weight, m.bias, epsilon), fn)
+        return relevance_output(out, inp[0], terms(rule_of(m), m, inp[0], m.weight, m.bias, epsilon))
 
     def norm(m, inp, out):
         if m not in pairs:
-            return out.detach() + (inp[0] - inp[0].detach())           # Pass
+            return passed(inp[0], out)
         layer = pairs[m]
         a, (w, b) = inputs.pop(layer), merged(layer, m)
-        return relevance_output(out, a, terms(rule_of(layer), a, w, b, epsilon), lambda w_, b_: layer_fn(layer, w_, b_))
+        z = layer_fn(layer, w, b)(a.detach())   # the merged layer's values, as zennit's canonized network has them
+        return relevance_output(z, a, terms(rule_of(layer), layer, a, w, b, epsilon))
 
-    def passing(_m, inp, out):
-        return out.detach() + (inp[0] - inp[0].detach())
-
-    def average(m, inp, out):
-        return relevance_output(out, inp[0], [(1.0, STABILIZER, [(inp[0], None, None)])], lambda _w, _b: m)
+    def average(m, inp, out):   # zennit's Norm: epsilon with the stabiliser, through the pool itself
+        return relevance_output(out, inp[0], [(1.0, STABILIZER, [(inp[0], m.forward)])])
 
     mods = list(model.modules())
     return forward_hooks([(m, linear) for m in mods if isinstance(m, LINEAR)]
                          + [(m, norm) for m in mods if isinstance(m, BATCHNORM)]
-                         + [(m, passing) for m in mods if isinstance(m, PASS)]
+                         + [(m, lambda _m, inp, out: passed(inp[0], out)) for m in mods if isinstance(m, PASS)]
                          + [(m, average) for m in mods if isinstance(m, AVGPOOL)])
 
 
