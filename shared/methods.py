@@ -153,11 +153,11 @@ class LrpParams(Params):
 
 
 HOW = {   # what a method that needs a capability does with it, what a format without it is, what to do instead
-    "hooks": ("needs forward hooks on the model's layers", "takes none",
+    "hooks": ("needs forward hooks on the model's layers", "take none",
               "export the model with torch.export (torch.export.export(model, (x,), dynamic_shapes=({0: "
               "torch.export.Dim('batch')},)), then torch.export.save) and register the .pt2 file"),
     "modules": ("changes the backward pass of the model's torch.nn modules through hooks",
-                "is a compiled graph, not torch.nn modules",
+                "are compiled graphs, not torch.nn modules",
                 "register a built-in architecture's weights or a Hugging Face model"),
 }
 UNKNOWN_INPUT = (224, 224)   # (height, width) a cost assumes for a manifest without an input size
@@ -221,8 +221,8 @@ class Method:
         for need in self.needs:
             if fmt in MODEL_FORMATS and not getattr(MODEL_FORMATS[fmt], need):
                 does, lacks, advice = HOW[need]
-                return (f"methods.{self.name}: {does}; a {fmt} model {lacks}. Formats that can: "
-                        f"{', '.join(formats_with(need))}: {advice}")
+                return (f"methods.{self.name}: {does}; {fmt} models {lacks}. Formats that can: "
+                        f"{', '.join(formats_with(need))}. To use it, {advice}")
         if self.needs and not model.get("hooks", True):
             return (f"methods.{self.name}: {HOW[self.needs[0]][0]}, and no hook reaches this model's layers (a "
                     "program without module paths); export the nn.Module itself with torch.export.export so that "

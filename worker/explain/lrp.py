@@ -107,6 +107,8 @@ def probe(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module | None, dict[nn.
 def rules(model: nn.Module, x: torch.Tensor, rule: str, first_layer: str, epsilon: float):
     """Context: the model's layers propagate relevance (x: an example batch for the probe)."""
     first, pairs = probe(model, x)
+    if first is None:   # e.g. TorchScript or an exported program: its layers are no torch.nn modules
+        raise ValueError("LRP found no torch.nn convolution or linear layer to apply its rules to")
     folded, inputs = set(pairs.values()), {}
 
     def rule_of(m):
