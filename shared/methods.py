@@ -154,8 +154,8 @@ class LrpParams(Params):
 
 HOW = {   # what a method that needs a capability does with it, what a format without it is, what to do instead
     "hooks": ("needs forward hooks on the model's layers", "take none",
-              "export the model with torch.export (torch.export.export(model, (x,), dynamic_shapes=({0: "
-              "torch.export.Dim('batch')},)), then torch.export.save) and register the .pt2 file"),
+              ("export the model with torch.export (torch.export.export(model, (x,), dynamic_shapes=({0: "
+               "torch.export.Dim('batch')},)), then torch.export.save) and register the .pt2 file")),
     "modules": ("changes the backward pass of the model's torch.nn modules through hooks",
                 "are compiled graphs, not torch.nn modules",
                 "register a built-in architecture's weights or a Hugging Face model"),
