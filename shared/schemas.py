@@ -1,10 +1,12 @@
 """Pydantic schemas of the HTTP API (the OpenAPI document is generated from them)."""
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from shared import methods as registry
 from shared.formats import ARCHITECTURES, MODEL_FORMATS, architectures_text, reads_configs
@@ -27,7 +29,8 @@ class Strict(BaseModel):
 
 
 def validate_methods(methods: dict[str, Any], attribution_only: bool = False) -> dict[str, dict]:
-    """Each method name must be registered; its parameters are checked by its schema."""
+    """Each method name must be registered; its parameters are checked by its schema, and an
+    error names the method, the parameter and what the method takes."""
     if not methods:
         raise ValueError("methods: name at least one method, e.g. {\"saliency\": {}}")
     out = {}
@@ -39,8 +42,31 @@ def validate_methods(methods: dict[str, Any], attribution_only: bool = False) ->
         if attribution_only and not method.attribution:
             raise ValueError(f"method {name!r} gives no attribution map; audits take: "
                              + ", ".join(m.name for m in registry.METHODS.values() if m.attribution))
-        out[name] = method.params.model_validate({} if params is None else params).model_dump()
+        try:
+            out[name] = method.params.model_validate({} if params is None else params).model_dump()
+        except ValidationError as e:
+            raise _about(name, method.params, e) from None
     return out
+
+
+def _about(name: str, params: type[BaseModel], e: ValidationError) -> ValidationError:
+    """The method's parameter errors, located under its name; an unknown parameter's message
+    names the closest valid one and all of them."""
+    valid = list(params.model_fields)
+    errors = []
+    for err in e.errors():
+        loc = (name, *err["loc"])
+        if err["type"] == "extra_forbidden":
+            bad = str(err["loc"][-1])
+            close = difflib.get_close_matches(bad, valid, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            takes = f"its parameters: {', '.join(valid)}" if valid else "it takes no parameters"
+            msg = f"{name} has no parameter {bad!r}; {hint}{takes}"
+            errors.append({"type": PydanticCustomError("unknown_parameter", msg), "loc": loc, "input": err["input"]})
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            errors.append({"type": PydanticCustomError(err["type"], msg), "loc": loc, "input": err.get("input")})
+    return ValidationError.from_exception_data(name, errors)
 
 
 class JobSpec(Strict):
