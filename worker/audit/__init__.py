@@ -46,7 +46,8 @@ def unit_partial(images, labels, indices, heatmaps: dict[str, np.ndarray], predi
     faith = None
     if faithfulness:
         unit_seed = int(np.random.SeedSequence([seed, int(np.min(indices))]).generate_state(1)[0])
-        faith = {m: deletion_insertion(x, h, predict, preds, steps=steps, seed=unit_seed, batch_size=batch_size)
+        faith = {m: deletion_insertion(x, h, predict, preds, steps=steps, seed=unit_seed, batch_size=batch_size,
+                                       return_curves=True)
                  for m, h in heatmaps.items()}
     return Partial.from_batch(indices, labels, probs, heatmaps, n_classes=n_classes, faithfulness=faith,
                               map_size=map_size, thumb_size=thumb_size)

@@ -4,8 +4,10 @@ the final task one at a time, then `summarise`d.
 A partial holds, for its images: dataset indices, labels, predictions and the
 predicted-class probability; the confusion matrix; per method the per-class *sum* of
 normalised maps at `map_size` (mean maps), a small per-image map at `thumb_size`
-(float16, for shortcut clustering) and 4 faithfulness floats per image
-(deletion, insertion, deletion_random, insertion_random; NaN if not computed).
+(float16, for shortcut clustering), 4 faithfulness floats per image
+(deletion, insertion, deletion_random, insertion_random; NaN if not computed) and the
+sum of the images' deletion/insertion curves (4 x (steps + 1), with their count: the
+report's mean curves).
 
 Pooled map = relevance mass distribution (Arras et al. 2022, "CLEVR-XAI",
 https://doi.org/10.1016/j.inffus.2021.11.008): negatives clipped to 0, average-pooled
@@ -62,6 +64,8 @@ class Partial:
     map_sums: dict[str, np.ndarray] = field(default_factory=dict)   # (K, S, S) float64
     thumbs: dict[str, np.ndarray] = field(default_factory=dict)     # (n, s, s) float16
     faith: dict[str, np.ndarray] = field(default_factory=dict)      # (n, 4) float32
+    curve_sums: dict[str, np.ndarray] = field(default_factory=dict)  # (4, steps + 1) float64, FAITH_KEYS order
+    curve_counts: dict[str, int] = field(default_factory=dict)       # images summed in curve_sums
 
     def __post_init__(self):
         k = self.n_classes
@@ -81,7 +85,8 @@ class Partial:
                    faithfulness: dict[str, dict[str, np.ndarray]] | None = None,
                    map_size: int = 32, thumb_size: int = 16) -> "Partial":
         """One unit's partial. probs (N, K) model probabilities; heatmaps method -> (N, H, W);
-        faithfulness method -> {deletion, insertion, deletion_random, insertion_random: (N,)}."""
+        faithfulness method -> {deletion, insertion, deletion_random, insertion_random: (N,)},
+        and "curves" (4, N, steps + 1) if computed (`deletion_insertion(return_curves=True)`)."""
         probs = np.asarray(probs, np.float32)
         labels = np.asarray(labels, np.int64)
         preds = probs.argmax(1).astype(np.int64)
@@ -98,7 +103,22 @@ class Partial:
             f = (faithfulness or {}).get(m)
             p.faith[m] = (np.stack([np.asarray(f[k], np.float32) for k in FAITH_KEYS], 1) if f is not None
                           else np.full((len(labels), 4), np.nan, np.float32))
+            if f is not None and f.get("curves") is not None:
+                p.add_curves(m, np.asarray(f["curves"], np.float64))
         return p
+
+    def add_curves(self, method: str, curves: np.ndarray, count: int | None = None) -> None:
+        """Add (4, N, S) per-image curves (images with a non-finite point are left out), or
+        with `count`, (4, S) sums of that many images."""
+        if count is None:
+            curves = curves[:, np.isfinite(curves).all((0, 2))]
+            curves, count = curves.sum(1), curves.shape[1]
+        if not count:
+            return
+        if method in self.curve_sums and self.curve_sums[method].shape != curves.shape:
+            raise ValueError(f"incompatible curves of {method}: {curves.shape} vs {self.curve_sums[method].shape}")
+        self.curve_sums[method] = self.curve_sums.get(method, 0) + curves
+        self.curve_counts[method] = self.curve_counts.get(method, 0) + int(count)
 
     # --- serialisation -------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -112,6 +132,9 @@ class Partial:
             arrays[f"map_sums_{j}"] = self.map_sums[m][present].astype(np.float32)
             arrays[f"thumbs_{j}"] = self.thumbs[m]
             arrays[f"faith_{j}"] = self.faith[m]
+            if m in self.curve_sums:
+                arrays[f"curves_{j}"] = self.curve_sums[m]
+                arrays[f"curve_n_{j}"] = np.int64(self.curve_counts[m])
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         return buf.getvalue()
@@ -128,12 +151,16 @@ class Partial:
             for j, m in enumerate(ms):
                 sums[m] = np.zeros((meta["n_classes"], meta["map_size"], meta["map_size"]))
                 sums[m][present] = z[f"map_sums_{j}"]
-            return cls(meta["n_classes"], ms, tuple(meta["input_size"]), meta["map_size"], meta["thumb_size"],
-                       indices=z["indices"], labels=z["labels"], preds=z["preds"],
-                       confidence=z["confidence"], confusion=z["confusion"],
-                       map_sums=sums,
-                       thumbs={m: z[f"thumbs_{j}"] for j, m in enumerate(ms)},
-                       faith={m: z[f"faith_{j}"] for j, m in enumerate(ms)})
+            p = cls(meta["n_classes"], ms, tuple(meta["input_size"]), meta["map_size"], meta["thumb_size"],
+                    indices=z["indices"], labels=z["labels"], preds=z["preds"],
+                    confidence=z["confidence"], confusion=z["confusion"],
+                    map_sums=sums,
+                    thumbs={m: z[f"thumbs_{j}"] for j, m in enumerate(ms)},
+                    faith={m: z[f"faith_{j}"] for j, m in enumerate(ms)})
+            for j, m in enumerate(ms):   # partials written before curves were kept have none
+                if f"curves_{j}" in z:
+                    p.add_curves(m, z[f"curves_{j}"], int(z[f"curve_n_{j}"]))
+            return p
 
 
 def merge(partials: Iterable[Partial | bytes]) -> Partial:
@@ -160,6 +187,8 @@ def merge(partials: Iterable[Partial | bytes]) -> Partial:
             per_image[k].append(getattr(p, k))
         for m in p.methods:
             out.map_sums[m] += p.map_sums[m]
+            if m in p.curve_sums:
+                out.add_curves(m, p.curve_sums[m], p.curve_counts[m])
             per_image[f"t:{m}"].append(p.thumbs[m])
             per_image[f"f:{m}"].append(p.faith[m])
     if out is None:
@@ -181,6 +210,17 @@ def _stats(f: np.ndarray) -> dict:
     return {"n": int(len(f)), **{k: float(f[:, j].mean()) for j, k in enumerate(FAITH_KEYS)},
             "deletion_beats_random": float(np.mean(f[:, 0] < f[:, 2])),
             "insertion_beats_random": float(np.mean(f[:, 1] > f[:, 3]))}
+
+
+def mean_curves(merged: Partial, method: str) -> dict | None:
+    """The mean deletion/insertion curves of a method (target probability at each fraction
+    of pixels changed), for its order and the random one; None if none were kept."""
+    n = merged.curve_counts.get(method, 0)
+    if not n:
+        return None
+    mean = merged.curve_sums[method] / n
+    return {"n": n, "fraction": np.linspace(0, 1, mean.shape[1]).round(4).tolist(),
+            **{key: mean[j].round(5).tolist() for j, key in enumerate(FAITH_KEYS)}}
 
 
 def summarise(merged: Partial, class_names: list[str] | None = None, bins: int = 20) -> dict:
@@ -206,6 +246,7 @@ def summarise(merged: Partial, class_names: list[str] | None = None, bins: int =
             },
             "mean_maps": [(merged.map_sums[m][c] / counts[c]).round(4).tolist() if counts[c] else None
                           for c in range(k)],
+            "curves": mean_curves(merged, m),
         }
     return {
         "n_images": int(merged.n),

@@ -86,9 +86,19 @@ class Faithfulness(_M):
     histograms: dict[str, list[float]]
 
 
+class Curves(_M):
+    n: int
+    fraction: list[float]
+    deletion: list[float]
+    insertion: list[float]
+    deletion_random: list[float]
+    insertion_random: list[float]
+
+
 class MethodSummary(_M):
     faithfulness: Faithfulness
     mean_maps: list[list[list[float]] | None]
+    curves: Curves | None = None
 
 
 class PerClass(_M):
