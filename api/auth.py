@@ -14,7 +14,8 @@ from api.errors import ApiError, error_response
 from shared.tenants import Principal
 
 COOKIE = "xaiq_session"
-OPEN = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/ui/signin", "/favicon.ico")
+OPEN = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/ui/signin", "/favicon.ico",
+        "/static/")   # the pages' own CSS and scripts: the sign-in page needs them too
 SAFE = ("GET", "HEAD", "OPTIONS")
 
 

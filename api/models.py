@@ -100,15 +100,7 @@ def register_model():
 @doc(resp={"HTTP_200": ModelList}, tags=["models"])
 def list_models():
     """The models you may use: yours, then the shared ones (yours hide a shared one of the same name)."""
-    st = clients.get().storage
-    found: dict[str, dict] = {}
-    for k in (records.keys(), Keys(None)):
-        for name in sorted(filter(None, map(k.model_name, st.list(k.models(), limit=10000)))):
-            if name not in found:
-                info = st.get_json_or_none(k.model(name))
-                if info:
-                    found[name] = info
-    return {"models": list(found.values())}
+    return {"models": records.available_models()}
 
 
 @bp.get("/<name>")
