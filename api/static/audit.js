@@ -16,6 +16,7 @@
       } catch (err) { $("error").textContent = err.message; }
     }
     P.applyModel($("methods"), model);
+    $("audit-form").dataset.model = model ? model.name : "";
   }
 
   function spec() {

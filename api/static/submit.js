@@ -82,6 +82,7 @@
     }
     P.applyModel($("methods"), model);
     checkLabels();
+    $("submit-form").dataset.model = model ? model.name : "";   // the fields follow this model now
   }
 
   function problems(form, methods) {

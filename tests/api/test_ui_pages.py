@@ -121,7 +121,7 @@ def test_registering_models_from_the_page(browser, stack, tenant_key, client, di
     page.goto(f"{stack.api_url}/ui/submit")
     page.wait_for_selector("#submit-form[data-ready='1']")
     page.select_option("#model", "ui-script")
-    page.wait_for_selector("fieldset.method[data-method='gradcam'].unsupported")
+    page.wait_for_selector("#submit-form[data-model='ui-script']")
     for m in ("gradcam", "filters"):
         assert page.locator(f"fieldset[data-method='{m}'] input[name=method]").is_disabled()
         assert "not for torchscript models" in page.inner_text(f"fieldset[data-method='{m}'] .why")
@@ -187,6 +187,7 @@ def test_submit_a_folder_with_labels_from_its_folders(browser, stack, tenant_key
     assert page.inner_text("#found").startswith(f"{len(expected)} images found")
     assert skipped(page) == SKIPPED
     page.select_option("#model", "digits-cnn")
+    page.wait_for_selector("#submit-form[data-model='digits-cnn']")
     info = client.session.get(f"{client.server}/v1/models/digits-cnn", timeout=10).json()
     convs = [layer["path"] for layer in info["layers"] if layer["conv"]]
     page.check("fieldset[data-method='gradcam'] input[name=method]")
@@ -236,6 +237,8 @@ def test_drop_of_files_and_a_zip_and_what_is_refused(browser, stack, tenant_key,
     dt = page.evaluate_handle("""files => { const dt = new DataTransfer();
         for (const [name, bytes] of files) dt.items.add(new File([new Uint8Array(bytes)], name));
         return dt; }""", [[n, list(b)] for n, b in files])
+    page.select_option("#model", "digits-cnn")
+    page.wait_for_selector("#submit-form[data-model='digits-cnn']")
     page.dispatch_event("#drop", "drop", {"dataTransfer": dt})
     page.locator("#found", has_text="found").wait_for()
     assert page.inner_text("#found").startswith("5 images found")
@@ -282,6 +285,7 @@ def page_audit(browser, stack, tenant_key, client, digits_model, tmp_path_factor
         page.locator("fieldset[data-method='filters']").count() == 0      # audits take attribution methods only
     page.set_input_files("#zip", str(path))
     page.select_option("#model", "digits-cnn")
+    page.wait_for_selector("#audit-form[data-model='digits-cnn']")
     page.check("fieldset[data-method='gradcam'] input[name=method]")
     page.fill("#options input[name=faithfulness_steps]", "8")
     page.fill("#options input[name=sanity_sample]", "4")
@@ -339,6 +343,8 @@ def test_audit_of_a_folder_of_uploads_from_the_page(browser, stack, tenant_key, 
     page, problems = open_page(browser)
     sign_in(page, stack, tenant_key, "/ui/audits/new")
     page.wait_for_selector("#audit-form[data-ready='1']")
+    page.select_option("#model", "digits-cnn")
+    page.wait_for_selector("#audit-form[data-model='digits-cnn']")
     page.check("input[name=source][value=uploads]")
     page.select_option("#folder", "ui-sets/val")
     page.fill("#options input[name=sanity_sample]", "0")
