@@ -74,7 +74,7 @@ def candidates(manifest: dict, f: GalleryQuery, truth, classes) -> list[int]:
         return []
     out = []
     for i in range(f.start, len(manifest["inputs"])):
-        if (not q or q in manifest["inputs"][i]["name"].lower()) and (not want or classes[truth[i]] == want):
+        if (not q or q in manifest["inputs"][i]["name"].lower()) and (not want or (truth[i] < len(classes) and classes[truth[i]] == want)):
             out.append(i)
     return out
 
