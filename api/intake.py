@@ -197,7 +197,7 @@ def estimate(methods: dict, info: dict, n: int, units: int, options: dict | None
         runs = options["correlation_runs"]
         passes += n * len(methods) * (runs + 1) if runs else 0       # faithfulness correlation: one pass per run
         noisy = min(n, options["sensitivity_sample"]) * options["sensitivity_perturbations"]
-        passes += sum(registry.get(m).cost(p, noisy, min(units, noisy)) for m, p in methods.items())  # re-explained
+        passes += sum(registry.get(m).cost(p, noisy, min(units, noisy), info) for m, p in methods.items())  # re-explained
         layers = max(1, sum(1 for layer in info.get("layers", []) if layer.get("out_channels")))
         sample = min(n, options["sanity_sample"])
         passes += sum(layers * registry.get(m).cost(p, sample, 1, info) for m, p in methods.items())

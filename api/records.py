@@ -141,6 +141,16 @@ def manifest_of(job: str) -> dict:
     return clients.get().storage.get_json(keys().job(job))
 
 
+def available_models() -> list[dict]:
+    """The models the caller may use: its own, then the shared ones (its own hide a shared one of the same name)."""
+    st = clients.get().storage
+    found: dict[str, dict] = {}
+    for k in (keys(), Keys(None)):
+        for info in ModelRecords(st, k).list():
+            found.setdefault(info["name"], info)
+    return list(found.values())
+
+
 def find_model(name: str) -> tuple[dict, str]:
     """A model the caller may use: its own first, then a shared one; (manifest, 'tenant' or 'shared')."""
     st = clients.get().storage

@@ -53,7 +53,8 @@ def unit_partial(images, labels, indices, heatmaps: dict[str, np.ndarray], predi
     unit_seed = int(np.random.SeedSequence([seed, int(np.min(indices))]).generate_state(1)[0])
     faith = None
     if faithfulness:
-        faith = {m: deletion_insertion(x, h, predict, preds, steps=steps, seed=unit_seed, batch_size=batch_size)
+        faith = {m: deletion_insertion(x, h, predict, preds, steps=steps, seed=unit_seed, batch_size=batch_size,
+                                       return_curves=True)
                  for m, h in heatmaps.items()}
     scores, agree = unit_quality(x, heatmaps, preds, params=quality, seed=unit_seed, logits=logits,
                                  explainers=explainers, sensitive=sensitive, batch_size=batch_size)

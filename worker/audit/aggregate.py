@@ -4,8 +4,10 @@ the final task one at a time, then `summarise`d.
 A partial holds, for its images: dataset indices, labels, predictions and the
 predicted-class probability; the confusion matrix; per method the per-class *sum* of
 normalised maps at `map_size` (mean maps), a small per-image map at `thumb_size`
-(float16, for shortcut clustering) and 4 faithfulness floats per image
-(deletion, insertion, deletion_random, insertion_random; NaN if not computed).
+(float16, for shortcut clustering), 4 faithfulness floats per image
+(deletion, insertion, deletion_random, insertion_random; NaN if not computed) and the
+sum of the images' deletion/insertion curves (4 x (steps + 1), with their count: the
+report's mean curves).
 
 Pooled map = relevance mass distribution (Arras et al. 2022, "CLEVR-XAI",
 https://doi.org/10.1016/j.inffus.2021.11.008): negatives clipped to 0, average-pooled
@@ -90,6 +92,8 @@ class Partial:
     agreement: np.ndarray | None = None                              # (pairs, K, 3) moments
     unit_quality: dict = field(default_factory=dict)     # this unit's {method: {metric: (n,)}}, not stored
     unit_agreement: dict = field(default_factory=dict)   # this unit's {(a, b): (n,)}, not stored
+    curve_sums: dict[str, np.ndarray] = field(default_factory=dict)  # (4, steps + 1) float64, FAITH_KEYS order
+    curve_counts: dict[str, int] = field(default_factory=dict)       # images summed in curve_sums
 
     def __post_init__(self):
         k = self.n_classes
@@ -114,7 +118,8 @@ class Partial:
                    quality: dict[str, dict[str, np.ndarray]] | None = None,
                    agreement: dict[tuple[str, str], np.ndarray] | None = None) -> "Partial":
         """One unit's partial. probs (N, K) model probabilities; heatmaps method -> (N, H, W);
-        faithfulness method -> {deletion, insertion, deletion_random, insertion_random: (N,)};
+        faithfulness method -> {deletion, insertion, deletion_random, insertion_random: (N,)},
+        and "curves" (4, N, steps + 1) if computed (`deletion_insertion(return_curves=True)`);
         quality method -> {metric: (N,)} (`metrics.unit_quality`); agreement (a, b) -> (N,)."""
         probs = np.asarray(probs, np.float32)
         labels = np.asarray(labels, np.int64)
@@ -132,6 +137,8 @@ class Partial:
             f = (faithfulness or {}).get(m)
             p.faith[m] = (np.stack([np.asarray(f[k], np.float32) for k in FAITH_KEYS], 1) if f is not None
                           else np.full((len(labels), 4), np.nan, np.float32))
+            if f is not None and f.get("curves") is not None:
+                p.add_curves(m, np.asarray(f["curves"], np.float64))
         p.add_quality(labels, quality or {}, agreement or {})
         return p
 
@@ -147,6 +154,19 @@ class Partial:
         for j, pair in enumerate(method_pairs(self.methods)):
             self.agreement[j] += moments(self.unit_agreement[pair], labels, self.n_classes)
 
+    def add_curves(self, method: str, curves: np.ndarray, count: int | None = None) -> None:
+        """Add (4, N, S) per-image curves (images with a non-finite point are left out), or
+        with `count`, (4, S) sums of that many images."""
+        if count is None:
+            curves = curves[:, np.isfinite(curves).all((0, 2))]
+            curves, count = curves.sum(1), curves.shape[1]
+        if not count:
+            return
+        if method in self.curve_sums and self.curve_sums[method].shape != curves.shape:
+            raise ValueError(f"incompatible curves of {method}: {curves.shape} vs {self.curve_sums[method].shape}")
+        self.curve_sums[method] = self.curve_sums.get(method, 0) + curves
+        self.curve_counts[method] = self.curve_counts.get(method, 0) + int(count)
+
     # --- serialisation -------------------------------------------------------------
     def to_bytes(self) -> bytes:
         meta = {"format": FORMAT, "n_classes": self.n_classes, "methods": self.methods,
@@ -161,6 +181,9 @@ class Partial:
             arrays[f"faith_{j}"] = self.faith[m]
             arrays[f"quality_{j}"] = self.quality[m][present]
         arrays["agreement"] = self.agreement[:, present]
+            if m in self.curve_sums:
+                arrays[f"curves_{j}"] = self.curve_sums[m]
+                arrays[f"curve_n_{j}"] = np.int64(self.curve_counts[m])
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         return buf.getvalue()
@@ -184,13 +207,17 @@ class Partial:
                     quality[m][present] = z[f"quality_{j}"]
             if "agreement" in z.files:
                 agreement[:, present] = z["agreement"]
-            return cls(k, ms, tuple(meta["input_size"]), meta["map_size"], meta["thumb_size"],
-                       indices=z["indices"], labels=z["labels"], preds=z["preds"],
-                       confidence=z["confidence"], confusion=z["confusion"],
-                       map_sums=sums,
-                       thumbs={m: z[f"thumbs_{j}"] for j, m in enumerate(ms)},
-                       faith={m: z[f"faith_{j}"] for j, m in enumerate(ms)},
-                       quality=quality, agreement=agreement)
+            p = cls(meta["n_classes"], ms, tuple(meta["input_size"]), meta["map_size"], meta["thumb_size"],
+                    indices=z["indices"], labels=z["labels"], preds=z["preds"],
+                    confidence=z["confidence"], confusion=z["confusion"],
+                    map_sums=sums,
+                    thumbs={m: z[f"thumbs_{j}"] for j, m in enumerate(ms)},
+                    faith={m: z[f"faith_{j}"] for j, m in enumerate(ms)},
+                    quality=quality, agreement=agreement)
+            for j, m in enumerate(ms):   # partials written before curves were kept have none
+                if f"curves_{j}" in z:
+                    p.add_curves(m, z[f"curves_{j}"], int(z[f"curve_n_{j}"]))
+            return p
 
 
 def merge(partials: Iterable[Partial | bytes]) -> Partial:
@@ -219,6 +246,8 @@ def merge(partials: Iterable[Partial | bytes]) -> Partial:
         for m in p.methods:
             out.map_sums[m] += p.map_sums[m]
             out.quality[m] += p.quality[m]
+            if m in p.curve_sums:
+                out.add_curves(m, p.curve_sums[m], p.curve_counts[m])
             per_image[f"t:{m}"].append(p.thumbs[m])
             per_image[f"f:{m}"].append(p.faith[m])
     if out is None:
@@ -256,6 +285,17 @@ def quality_summary(moments_k: np.ndarray) -> dict:
     return {"overall": moment_stats(moments_k.sum(0)), "per_class": [moment_stats(r) for r in moments_k]}
 
 
+def mean_curves(merged: Partial, method: str) -> dict | None:
+    """The mean deletion/insertion curves of a method (target probability at each fraction
+    of pixels changed), for its order and the random one; None if none were kept."""
+    n = merged.curve_counts.get(method, 0)
+    if not n:
+        return None
+    mean = merged.curve_sums[method] / n
+    return {"n": n, "fraction": np.linspace(0, 1, mean.shape[1]).round(4).tolist(),
+            **{key: mean[j].round(5).tolist() for j, key in enumerate(FAITH_KEYS)}}
+
+
 def summarise(merged: Partial, class_names: list[str] | None = None, bins: int = 20) -> dict:
     """JSON-ready summary: accuracy, confusion, per-class accuracy, per-method
     faithfulness (overall and per class), AUC histograms, per-class mean maps
@@ -281,6 +321,7 @@ def summarise(merged: Partial, class_names: list[str] | None = None, bins: int =
             "mean_maps": [(merged.map_sums[m][c] / counts[c]).round(4).tolist() if counts[c] else None
                           for c in range(k)],
             "quality": {key: quality_summary(merged.quality[m][:, j]) for j, key in enumerate(QUALITY_KEYS)},
+            "curves": mean_curves(merged, m),
         }
     return {
         "n_images": int(merged.n),

@@ -110,10 +110,20 @@ class Agreement(StatsByClass):
     methods: list[str] = Field(min_length=2, max_length=2)
 
 
+class Curves(_M):
+    n: int
+    fraction: list[float]
+    deletion: list[float]
+    insertion: list[float]
+    deletion_random: list[float]
+    insertion_random: list[float]
+
+
 class MethodSummary(_M):
     faithfulness: Faithfulness
     mean_maps: list[list[list[float]] | None]
     quality: Quality
+    curves: Curves | None = None
 
 
 class PerClass(_M):
