@@ -180,10 +180,10 @@ class Partial:
             arrays[f"thumbs_{j}"] = self.thumbs[m]
             arrays[f"faith_{j}"] = self.faith[m]
             arrays[f"quality_{j}"] = self.quality[m][present]
-        arrays["agreement"] = self.agreement[:, present]
             if m in self.curve_sums:
                 arrays[f"curves_{j}"] = self.curve_sums[m]
                 arrays[f"curve_n_{j}"] = np.int64(self.curve_counts[m])
+        arrays["agreement"] = self.agreement[:, present]
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         return buf.getvalue()
