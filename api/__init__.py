@@ -8,7 +8,8 @@ from shared.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None, reaper: bool = True) -> Flask:
-    from api import audits, auth, clients, docs, errors, health, jobs, keys, metrics, models, openapi, results, ui, uploads
+    from api import (audits, auth, clients, docs, errors, health, jobs, keys, methods, metrics, models, openapi,
+                     results, ui, uploads)
 
     settings = settings or get_settings()
     app = Flask(__name__)
@@ -20,7 +21,7 @@ def create_app(settings: Settings | None = None, reaper: bool = True) -> Flask:
     errors.init_app(app)
     auth.init_app(app)
     metrics.init_app(app)
-    for bp in (health.bp, jobs.bp, results.bp, models.bp, audits.bp, uploads.bp, keys.bp, ui.bp, docs.bp):
+    for bp in (health.bp, jobs.bp, results.bp, models.bp, methods.bp, audits.bp, uploads.bp, keys.bp, ui.bp, docs.bp):
         app.register_blueprint(bp)
     openapi.init_app(app)
     if reaper:

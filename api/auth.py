@@ -28,7 +28,8 @@ CSP = ("default-src 'none'; script-src 'self'{scripts}; style-src 'self' 'unsafe
 HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
 
-OPEN = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/ui/signin", "/favicon.ico")
+OPEN = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/ui/signin", "/favicon.ico",
+        "/static/")   # the pages' own CSS and scripts: the sign-in page needs them too
 SAFE = ("GET", "HEAD", "OPTIONS")
 
 

@@ -115,14 +115,18 @@ def resolve_label(lab, i: int, classes: list[str]) -> int:
 
 
 def estimate(methods: dict, info: dict, n: int, units: int, options: dict | None = None) -> float:
-    """The job's cost in GFLOP: forward passes (registry costs, plus an audit's faithfulness
-    and sanity checks, plus one prediction per image) x the model's GFLOP per image."""
-    passes = n + sum(registry.get(m).cost(p, n, units) for m, p in methods.items())
+    """The job's cost in GFLOP: forward passes (registry costs, plus an audit's faithfulness,
+    quality metrics and sanity checks, plus one prediction per image) x the model's GFLOP per image."""
+    passes = n + sum(registry.get(m).cost(p, n, units, info) for m, p in methods.items())
     if options is not None:
         passes += n * len(methods) * 4 * (options["faithfulness_steps"] + 1)
+        runs = options["correlation_runs"]
+        passes += n * len(methods) * (runs + 1) if runs else 0       # faithfulness correlation: one pass per run
+        noisy = min(n, options["sensitivity_sample"]) * options["sensitivity_perturbations"]
+        passes += sum(registry.get(m).cost(p, noisy, min(units, noisy), info) for m, p in methods.items())  # re-explained
         layers = max(1, sum(1 for layer in info.get("layers", []) if layer.get("out_channels")))
         sample = min(n, options["sanity_sample"])
-        passes += sum(layers * registry.get(m).cost(p, sample, 1) for m, p in methods.items())
+        passes += sum(layers * registry.get(m).cost(p, sample, 1, info) for m, p in methods.items())
     return float(passes) * float(info.get("gflops") or 1.0)
 
 

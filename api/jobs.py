@@ -6,7 +6,7 @@ from flask import Blueprint, request, url_for
 from api import clients, intake, records, submit
 from api.errors import ApiError
 from api.openapi import doc, multipart
-from shared.schemas import DeleteQuery, JobCreated, JobList, JobSpec, JobView, ListQuery, ResultsPage, ResultsQuery
+from shared.schemas import PurgeQuery, JobCreated, JobList, JobSpec, JobView, ListQuery, ResultsPage, ResultsQuery
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -45,12 +45,12 @@ def get_job(job: str):
 
 
 @bp.delete("/<job>")
-@doc(query=DeleteQuery, resp={"HTTP_202": JobView}, errors=(404, 409), tags=["jobs"])
+@doc(query=PurgeQuery, resp={"HTTP_202": JobView}, errors=(404, 409), tags=["jobs"])
 def cancel_job(job: str):
     """Cancel: no unit starts afterwards, running units stop at once (their compute process is
     stopped), finished images keep their results; the job reads `cancelled` within seconds.
     `?purge=1` on a job that has ended deletes everything it stored (inputs, results, report)."""
-    if intake.read_query(DeleteQuery).purge in ("1", "true"):
+    if intake.read_query(PurgeQuery).purge in ("1", "true"):
         state = records.state_of(job)
         if not state.status.final:
             raise ApiError(409, f"job {job} is {state.status}: cancel it first, then purge it once it has ended")

@@ -90,11 +90,7 @@ def register_model():
 @doc(resp={"HTTP_200": ModelList}, tags=["models"])
 def list_models():
     """The models you may use: yours, then the shared ones (yours hide a shared one of the same name)."""
-    found: dict[str, dict] = {}
-    for k in (records.keys(), Keys(None)):
-        for info in model_records(k).list():
-            found.setdefault(info["name"], info)
-    return {"models": list(found.values())}
+    return {"models": records.available_models()}
 
 
 @bp.get("/<name>")

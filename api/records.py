@@ -162,34 +162,46 @@ def pending(i: int, name: str, job_status: str) -> dict:
     return {"index": i, "name": name, "status": status, "error": why}
 
 
-def items_page(m: JobManifest, job_status: str, page: int, per_page: int) -> tuple[list[dict], bool, dict]:
-    """One page of a job's items, whether more pages follow, and the per-unit pictures of the
-    page's units (`{unit}/{name}` -> signed link)."""
-    total = m.inputs.count
-    indices = range(min((page - 1) * per_page, total), min(page * per_page, total))
-    if not indices:
-        return [], False, {}
-    units = range(indices.start // m.unit_size, (indices.stop - 1) // m.unit_size + 1)
+def items_at(m: JobManifest, job_status: str, indices: list[int]) -> list[dict]:
+    """Items of a job by index (their units' records read once each; names of images without
+    a record from the index)."""
+    units = sorted({i // m.unit_size for i in indices})
     st = clients.get().storage
     with ThreadPoolExecutor(8) as pool:
         recs = dict(zip(units, pool.map(lambda u: unit_records(m, u, st), units)))
     names: dict[int, str] = {}
-    if any(r is None for r in recs.values()):
-        for pg in m.inputs.pages(indices.start, len(indices)):
-            ip = index_page(m, pg)
-            names.update({ip.first + k: e.name for k, e in enumerate(ip.entries)})
-    items = []
+    missing = [i for i in indices if recs[i // m.unit_size] is None]
+    for pg in sorted({i // m.inputs.page_size for i in missing}):
+        ip = index_page(m, pg)
+        names.update({ip.first + k: e.name for k, e in enumerate(ip.entries)})
+    out = []
     for i in indices:
         rec = recs[i // m.unit_size]
-        if rec is None:
-            items.append(pending(i, names.get(i, ""), job_status))
-        else:
-            items.append(item_view(m.id, rec, rec.items[i - rec.first], list(m.methods)))
-    p = auth.current()
-    extras = {f"{r.unit}/{name}": signing.sign(url_for("results.unit_file", job=m.id, unit=r.unit, filename=name,
-                                                       _external=True), p)
-              for r in recs.values() if r is not None for name in r.extras}
-    return items, indices.stop < total, extras
+        out.append(pending(i, names.get(i, ""), job_status) if rec is None
+                   else item_view(m.id, rec, rec.items[i - rec.first], list(m.methods)))
+    return out
+
+
+def items_page(m: JobManifest, job_status: str, page: int, per_page: int) -> tuple[list[dict], bool, dict]:
+    """One page of a job's items, whether more pages follow, and the per-unit pictures of the
+    page's units (`{unit}/{name}` -> signed link)."""
+    total = m.inputs.count
+    indices = list(range(min((page - 1) * per_page, total), min(page * per_page, total)))
+    if not indices:
+        return [], False, {}
+    items = items_at(m, job_status, indices)
+    return items, indices[-1] + 1 < total, unit_extras(m, sorted({it["unit"] for it in items if "unit" in it}))
+
+
+def unit_extras(m: JobManifest, units: list[int]) -> dict[str, str]:
+    """Signed links of the per-unit pictures (figures, filter visualisations), `{unit}/{name}`."""
+    p, out = auth.current(), {}
+    for u in units:
+        r = unit_records(m, u)
+        for name in (r.extras if r is not None else {}):
+            out[f"{u}/{name}"] = signing.sign(url_for("results.unit_file", job=m.id, unit=u, filename=name,
+                                                      _external=True), p)
+    return out
 
 
 def record_of(m: JobManifest, i: int) -> tuple[UnitRecords, ItemRecord]:
@@ -239,6 +251,16 @@ def unit_file(m: JobManifest, unit: int, name: str) -> bytes:
     if span is None or rec.extras_key is None:
         raise ApiError(404, f"unit {unit} of job {m.id} has no {name[:100]!r}")
     return clients.get().storage.get_range(rec.extras_key, span.offset, span.offset + span.length)
+
+
+def available_models() -> list[dict]:
+    """The models the caller may use: its own, then the shared ones (its own hide a shared one of the same name)."""
+    st = clients.get().storage
+    found: dict[str, dict] = {}
+    for k in (keys(), Keys(None)):
+        for info in ModelRecords(st, k).list():
+            found.setdefault(info["name"], info)
+    return list(found.values())
 
 
 def find_model(name: str) -> tuple[dict, str]:

@@ -1,10 +1,12 @@
 """Pydantic schemas of the HTTP API (the OpenAPI document is generated from them)."""
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from shared import methods as registry
 from shared.contracts import Progress, Skipped
@@ -28,7 +30,8 @@ class Strict(BaseModel):
 
 
 def validate_methods(methods: dict[str, Any], attribution_only: bool = False) -> dict[str, dict]:
-    """Each method name must be registered; its parameters are checked by its schema."""
+    """Each method name must be registered; its parameters are checked by its schema, and an
+    error names the method, the parameter and what the method takes."""
     if not methods:
         raise ValueError("methods: name at least one method, e.g. {\"saliency\": {}}")
     out = {}
@@ -40,8 +43,31 @@ def validate_methods(methods: dict[str, Any], attribution_only: bool = False) ->
         if attribution_only and not method.attribution:
             raise ValueError(f"method {name!r} gives no attribution map; audits take: "
                              + ", ".join(m.name for m in registry.METHODS.values() if m.attribution))
-        out[name] = method.params.model_validate({} if params is None else params).model_dump()
+        try:
+            out[name] = method.params.model_validate({} if params is None else params).model_dump()
+        except ValidationError as e:
+            raise _about(name, method.params, e) from None
     return out
+
+
+def _about(name: str, params: type[BaseModel], e: ValidationError) -> ValidationError:
+    """The method's parameter errors, located under its name; an unknown parameter's message
+    names the closest valid one and all of them."""
+    valid = list(params.model_fields)
+    errors = []
+    for err in e.errors():
+        loc = (name, *err["loc"])
+        if err["type"] == "extra_forbidden":
+            bad = str(err["loc"][-1])
+            close = difflib.get_close_matches(bad, valid, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            takes = f"its parameters: {', '.join(valid)}" if valid else "it takes no parameters"
+            msg = f"{name} has no parameter {bad!r}; {hint}{takes}"
+            errors.append({"type": PydanticCustomError("unknown_parameter", msg), "loc": loc, "input": err["input"]})
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            errors.append({"type": PydanticCustomError(err["type"], msg), "loc": loc, "input": err.get("input")})
+    return ValidationError.from_exception_data(name, errors)
 
 
 class JobSpec(Strict):
@@ -258,6 +284,31 @@ class AuditOptions(Strict):
     precision: registry.Precision = Field(
         default="auto", description="of the deletion/insertion passes: 'auto' picks bf16/fp16 only where the device "
         "runs it fast (else fp32); a reduced one that disagrees with fp32 on the unit's images falls back to fp32")
+    # explanation-quality metrics (worker/audit/metrics.py); `seed` seeds their random draws too
+    correlation_runs: int = Field(
+        default=32, ge=0, le=1000, description="faithfulness correlation (Bhatt et al. 2020): random feature subsets "
+        "per image and method, each one fp32 forward pass (Quantus's default: 100); 0 turns it off, else at least 2")
+    correlation_subset: int = Field(
+        default=224, ge=1, le=1_000_000, description="faithfulness correlation: input features (channel-pixels) set "
+        "to the baseline per subset; capped at the image's features - 1")
+    correlation_baseline: Literal["black", "white", "mean", "zeros"] = Field(
+        default="black", description="faithfulness correlation: what removed features become: each image's minimum "
+        "('black'), maximum ('white'), mean, or 0 in model-input space ('zeros')")
+    sensitivity_sample: int = Field(
+        default=8, ge=0, le=512, description="max-sensitivity (Yeh et al. 2019): images it runs on, spread evenly over "
+        "the dataset; each is explained again `sensitivity_perturbations` times by every method; 0 turns it off")
+    sensitivity_perturbations: int = Field(default=10, ge=1, le=200,
+                                           description="max-sensitivity: noisy copies per image (Quantus's default: 200)")
+    sensitivity_radius: float = Field(
+        default=0.2, gt=0, le=10, description="max-sensitivity: the noise is uniform in [-radius, radius] per input "
+        "value, in model-input (standardised) units")
+
+    @field_validator("correlation_runs")
+    @classmethod
+    def _correlation_runs(cls, v):
+        if v == 1:
+            raise ValueError("correlation_runs: a correlation needs at least 2 runs (or 0 to turn it off)")
+        return v
 
 
 class AuditSpec(Strict):
@@ -322,7 +373,7 @@ class ListQuery(BaseModel):
     offset: int = Field(default=0, ge=0, le=1_000_000)
 
 
-class DeleteQuery(BaseModel):
+class PurgeQuery(BaseModel):
     purge: Literal["0", "1", "true", "false"] = Field(default="0", description="1: delete an ended job's objects")
 
 

@@ -238,7 +238,8 @@ def explain_unit(ctx: WorkerContext, m: JobManifest, res: UnitResults, classes: 
     b = res.batch
     header = {"op": "unit", "methods": m.methods, "pictures": m.pictures,
               "targets": b.labels if m.kind == "job" and any(t is not None for t in b.labels) else None,
-              "audit": {"options": m.options, "truth": b.labels, "indices": b.indices} if m.kind == "audit" else None}
+              "audit": {"options": m.options, "truth": b.labels, "indices": b.indices, "images": m.inputs.count}
+              if m.kind == "audit" else None}
     compute = ctx.compute(m)
     for h, a in compute.call(header, {"pixels": b.pixels}, ctx.unit_budget(m), check=cancel_check(ctx, m.id)):
         if h["kind"] == "predicted":

@@ -70,7 +70,8 @@ def expected(method: str, path: str) -> set[int]:
         ("post", "/ui/signout"): {302},
         ("get", "/ui"): {200}, ("get", "/v1/jobs"): {200}, ("get", "/v1/models"): {200},
         ("get", "/v1/uploads"): {200}, ("get", "/v1/usage"): {200}, ("get", "/ui/signin"): {200},
-        ("get", "/healthz"): {200}, ("get", "/readyz"): {200},
+        ("get", "/healthz"): {200}, ("get", "/readyz"): {200}, ("get", "/v1/methods"): {200},
+        ("get", "/ui/models"): {200}, ("get", "/ui/submit"): {200}, ("get", "/ui/audits/new"): {200},
     }[(method, path)]
 
 

@@ -1,7 +1,8 @@
 """Audits inside the service, as the compute process runs them (model passes only: the
-broker reads and stores). Per unit: deletion/insertion per method, correctness and a
-partial (`audit_unit`); at the end: merge, sanity check, shortcuts, the report
-(`build_report`), with the images it needs fetched by index through the broker."""
+broker reads and stores). Per unit: deletion/insertion and the quality metrics per method,
+the methods' agreement, correctness and a partial (`audit_unit`); at the end: merge, sanity
+check, shortcuts, the report (`build_report`), with the images it needs fetched by index
+through the broker."""
 from __future__ import annotations
 
 import time
@@ -14,6 +15,7 @@ from worker import explain, images, render
 from worker.audit import finalize, run_sanity, unit_partial
 from worker.audit.aggregate import FAITH_KEYS
 from worker.audit.faithfulness import choose_for_curves
+from worker.audit.metrics import QualityParams, sensitivity_sample
 from worker.audit.sanity import randomisable_layers
 from worker.explain.batching import predicted
 from worker.explain.context import RunContext
@@ -21,21 +23,55 @@ from worker.explain.context import RunContext
 Fetch = Callable[[list[int]], tuple[np.ndarray, list[int]]]   # indices -> (pixels in [0, 1], indices read)
 
 
+def _rounded(v: float) -> float | None:
+    return round(float(v), 5) if np.isfinite(v) else None
+
+
+def quality_fields(partial, j: int) -> dict:
+    """One image's metric values and the methods' agreement, for its record (null: not computed)."""
+    return {"quality": {m: {k: _rounded(v[j]) for k, v in partial.unit_quality[m].items()} for m in partial.methods},
+            "agreement": [{"methods": list(pair), "spearman": _rounded(v[j])}
+                          for pair, v in partial.unit_agreement.items()]}
+
+
+def quality_inputs(lm, x: torch.Tensor, methods: dict, opts: dict, indices: list[int], n_images: int,
+                   run: RunContext) -> dict:
+    """unit_partial's arguments for the quality metrics: fp32 logits (in the run's batches), the
+    methods as explainers for max-sensitivity, and which of the unit's images are in its sample."""
+    model, device = lm.model, lm.device
+    fp32 = run.forward(model, torch.float32)
+    chunk = run.batch_size(model, x[0], "faithfulness", torch.float32)
+
+    def logits(z):
+        return torch.cat([fp32(c) for c in z.to(device).split(chunk)])
+
+    def explainer(m):
+        return lambda xs, ys: explain.run(m, model, xs, ys, methods[m], run).heatmaps
+
+    sample = set(sensitivity_sample(n_images, opts.get("sensitivity_sample", 0)).tolist())
+    return {"quality": QualityParams.from_options(opts), "logits": logits,
+            "explainers": {m: explainer(m) for m in methods},
+            "sensitive": np.array([i in sample for i in indices], bool)}
+
+
 def audit_unit(lm, x: torch.Tensor, probs: torch.Tensor, heatmaps: dict[str, np.ndarray], truth: list[int],
-               indices: list[int], opts: dict, run: RunContext) -> tuple[bytes, list[dict]]:
-    """The audit's addition to a unit: deletion/insertion per method, correctness, a partial
-    (bytes) and per image the fields its record gets."""
+               indices: list[int], opts: dict, methods: dict, n_images: int,
+               run: RunContext) -> tuple[bytes, list[dict]]:
+    """The audit's addition to a unit: deletion/insertion and the quality metrics per method,
+    the methods' agreement, correctness, a partial (bytes) and per image its record's fields."""
     model, device = lm.model, lm.device
     with torch.inference_mode():   # the curves' passes at the audit's precision, guarded on their ends
         forward, dtype = choose_for_curves(model, opts.get("precision", "auto"), x[:16], run)
         partial = unit_partial(x, truth, indices, heatmaps, lambda z: forward(z.to(device)).softmax(1),
                                n_classes=len(lm.classes), steps=opts["faithfulness_steps"], seed=opts["seed"],
-                               probs=probs, batch_size=run.batch_size(model, x[0], "faithfulness", dtype))
+                               probs=probs, batch_size=run.batch_size(model, x[0], "faithfulness", dtype),
+                               **quality_inputs(lm, x, methods, opts, indices, n_images, run))
     preds = partial.preds
     fields = [{
         "label": int(truth[j]), "label_class": lm.classes[truth[j]], "correct": bool(preds[j] == truth[j]),
         "faithfulness": {m: {k: round(float(partial.faith[m][j, c]), 5) for c, k in enumerate(FAITH_KEYS)}
                          for m in partial.methods},
+        **quality_fields(partial, j),
     } for j in range(len(truth))]
     return partial.to_bytes(), fields
 

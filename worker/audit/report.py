@@ -63,6 +63,8 @@ class SanityStage(_M):
 
 class Sanity(_M):
     method: str
+    metric: Literal["MPRT"] = "MPRT"
+    absolute: bool = True
     n_images: int
     stages: list[SanityStage]
     final_spearman: float
@@ -86,9 +88,42 @@ class Faithfulness(_M):
     histograms: dict[str, list[float]]
 
 
+class Stats(_M):
+    n: int
+    mean: float | None
+    std: float | None
+
+
+class StatsByClass(_M):
+    overall: Stats
+    per_class: list[Stats]
+
+
+class Quality(_M):
+    faithfulness_correlation: StatsByClass
+    sparseness: StatsByClass
+    complexity: StatsByClass
+    max_sensitivity: StatsByClass
+
+
+class Agreement(StatsByClass):
+    methods: list[str] = Field(min_length=2, max_length=2)
+
+
+class Curves(_M):
+    n: int
+    fraction: list[float]
+    deletion: list[float]
+    insertion: list[float]
+    deletion_random: list[float]
+    insertion_random: list[float]
+
+
 class MethodSummary(_M):
     faithfulness: Faithfulness
     mean_maps: list[list[list[float]] | None]
+    quality: Quality
+    curves: Curves | None = None
 
 
 class PerClass(_M):
@@ -112,6 +147,7 @@ class Report(_M):
     confusion: list[list[int]]
     per_class: list[PerClass]
     per_method: dict[str, MethodSummary]
+    agreement: list[Agreement]
     flags: list[Flag]
     sanity: list[Sanity]
 
@@ -322,12 +358,106 @@ def _html_faithfulness(report: dict) -> list[str]:
     return parts
 
 
+QUALITY_TEXT = {  # metric -> (title, which way is better, source)
+    "faithfulness_correlation": ("faithfulness correlation", "higher is better", "Bhatt et al. 2020"),
+    "sparseness": ("sparseness (Gini)", "higher = more concentrated", "Chalasani et al. 2020"),
+    "complexity": ("complexity (entropy)", "lower = simpler", "Bhatt et al. 2020"),
+    "max_sensitivity": ("max-sensitivity", "lower = more stable", "Yeh et al. 2019"),
+}
+
+
+def fig_quality(report: dict) -> str:
+    """One panel per metric: each method's mean over the images, the std as an error bar."""
+    methods = report["methods"]
+    fig, axes = _subplots(1, len(QUALITY_TEXT), (3.0 * len(QUALITY_TEXT), 2.2 + 0.1 * len(methods)))
+    for ax, (key, (title, better, _)) in zip(axes[0], QUALITY_TEXT.items()):
+        stats = [report["per_method"][m]["quality"][key]["overall"] for m in methods]
+        mean = [s["mean"] if s["mean"] is not None else np.nan for s in stats]
+        std = [s["std"] if s["std"] is not None else 0.0 for s in stats]
+        ax.barh(range(len(methods)), mean, xerr=std, color="#4a7ab5", alpha=0.8)
+        ax.set_yticks(range(len(methods)), methods, fontsize=7)
+        ax.set_title(f"{title}\n({better})", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _html_quality(report: dict) -> list[str]:
+    e = html.escape
+    parts = ["<h2>Explanation quality</h2><p>Quantus's definitions, per image, mean ± std over the images "
+             "where computed (n): " + "; ".join(f"{t} ({b}; {src})" for t, b, src in QUALITY_TEXT.values())
+             + ". Max-sensitivity runs on a sample.</p>"]
+    head = "".join(f"<th>{e(t)}</th><th>n</th>" for t, _, _ in QUALITY_TEXT.values())
+    rows = []
+    for m in report["methods"]:
+        q = report["per_method"][m]["quality"]
+        rows.append(f"<tr><td>{e(m)}</td>" + "".join(
+            f"<td>{_mean_std(q[k]['overall'])}</td><td>{q[k]['overall']['n']}</td>" for k in QUALITY_TEXT) + "</tr>")
+    parts.append(f"<table><tr><th>method</th>{head}</tr>{''.join(rows)}</table>")
+    if any(report["per_method"][m]["quality"][k]["overall"]["n"] for m in report["methods"] for k in QUALITY_TEXT):
+        parts.append(_img_tag(fig_quality(report), "explanation quality"))
+        parts.append("<p>Mean per class:</p>" + _per_class_table(report, [
+            (f"{m}: {QUALITY_TEXT[k][0]}", report["per_method"][m]["quality"][k])
+            for m in report["methods"] for k in QUALITY_TEXT]))
+    return parts
+
+
+def _mean_std(s: dict) -> str:
+    return "–" if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
+
+
+def _per_class_table(report: dict, rows: list[tuple[str, dict]], max_classes: int = 30) -> str:
+    """A table of per-class means: one row per (label, {overall, per_class}) and a column per class."""
+    e = html.escape
+    names = [p["name"] for p in report["per_class"]]
+    if len(names) > max_classes:
+        return f"<p>{len(names)} classes: the per-class values are in report.json.</p>"
+    head = "".join(f"<th>{e(n)}</th>" for n in names)
+    body = "".join(f"<tr><td>{e(label)}</td><td>{_mean_std(st['overall'])}</td>"
+                   + "".join(f"<td>{_fmt(c['mean'])}</td>" for c in st["per_class"]) + "</tr>" for label, st in rows)
+    return f"<table><tr><th></th><th>all</th>{head}</tr>{body}</table>"
+
+
+def fig_agreement(report: dict) -> str:
+    """The methods x methods matrix of mean Spearman correlations (1 on the diagonal)."""
+    methods = report["methods"]
+    k = len(methods)
+    mat = np.eye(k)
+    for a in report["agreement"]:
+        i, j = methods.index(a["methods"][0]), methods.index(a["methods"][1])
+        mat[i, j] = mat[j, i] = a["overall"]["mean"] if a["overall"]["mean"] is not None else np.nan
+    fig, ax = _subplots(1, 1, (1.5 + 0.8 * k, 1.2 + 0.8 * k))
+    ax = ax[0, 0]
+    ax.imshow(mat, cmap="RdBu", vmin=-1, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            v = mat[i, j]
+            ax.text(j, i, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if abs(v) > 0.6 else "black")
+    ax.set_xticks(range(k), methods, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(k), methods, fontsize=7)
+    ax.set_title("mean Spearman correlation", fontsize=8)
+    return _png(fig)
+
+
+def _html_agreement(report: dict) -> list[str]:
+    parts = ["<h2>Agreement between methods</h2>"]
+    if not report["agreement"]:
+        return parts + ["<p>One method: nothing to compare.</p>"]
+    parts.append("<p>Spearman rank correlation of two methods' maps of the same image, mean over the images "
+                 "(overall and per class); near 1: they rank the pixels alike.</p>" + _img_tag(fig_agreement(report),
+                                                                                                "agreement between methods"))
+    parts.append(_per_class_table(report, [(" / ".join(a["methods"]), a) for a in report["agreement"]]))
+    return parts
+
+
 def _html_sanity(report: dict) -> list[str]:
-    parts = ["<h2>Sanity check: cascading model randomisation</h2>"]
+    parts = ["<h2>Sanity check: model parameter randomisation test (MPRT)</h2>"]
     if not report["sanity"]:
         return parts + ["<p>Not run.</p>"]
-    parts.append("<p>Adebayo et al. 2018: weights re-initialised from the top layer down; a method that explains "
-                 "the model must change (rank correlation drops).</p>" + _img_tag(fig_sanity(report), "sanity check"))
+    parts.append("<p>Adebayo et al. 2018: weights re-initialised from the top layer down, cumulatively; a method "
+                 "that explains the model must change (the Spearman rank correlation of the absolute maps with the "
+                 "original ones drops).</p>" + _img_tag(fig_sanity(report), "sanity check"))
     parts.append("<ul>" + "".join(
         f"<li>{html.escape(s['method'])}: final Spearman {s['final_spearman']:.3f} — "
         f"<span class='{'ok' if s['passed'] else 'bad'}'>{'passes' if s['passed'] else 'FAILS'}</span> "
@@ -352,6 +482,6 @@ def render_html(report: dict, examples: dict[int, np.ndarray] | None = None) -> 
         f"<tr><td>{e(p['name'])}</td><td>{p['count']}</td><td>{p['correct']}</td><td>{_fmt(p['accuracy'])}</td></tr>"
         for p in report["per_class"]) + "</table>")
     parts.append("<h2>Mean attribution per class</h2>" + _img_tag(fig_mean_maps(report), "mean maps"))
-    parts += _html_faithfulness(report) + _html_sanity(report)
+    parts += _html_faithfulness(report) + _html_quality(report) + _html_agreement(report) + _html_sanity(report)
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -105,7 +105,8 @@ def unit(state, header: dict, arrays: dict) -> None:
 
         t2 = time.perf_counter()
         partial, fields = audit_unit(lm, x, probs, heatmaps, [audit["truth"][i] for i in rows],
-                                     [audit["indices"][i] for i in rows], audit["options"], run)
+                                     [audit["indices"][i] for i in rows], audit["options"], header["methods"],
+                                     int(audit["images"]), run)
         out["partial"] = np.frombuffer(partial, np.uint8)
         timings["audit"] = round(time.perf_counter() - t2, 4)
     sizes, state.new_sizes = state.new_sizes, {}

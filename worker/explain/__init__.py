@@ -12,15 +12,22 @@ import importlib
 
 from .context import DEFAULT, RunContext
 from .result import Explanation
+from .deeplift import deeplift
 from .filters import FilterExplanation, filter_explanation
 from .gradcam import gradcam
+from .gradient_shap import gradient_shap
+from .guided_backprop import guided_backprop
+from .input_x_gradient import input_x_gradient
 from .integrated_gradients import integrated_gradients
 from .lime import LimeExplanation, lime, lime_many
+from .lrp import lrp
+from .occlusion import occlusion
 from .saliency import saliency
 from .smoothgrad import smoothgrad
 
-__all__ = ["DEFAULT", "Explanation", "RunContext", "FilterExplanation", "LimeExplanation", "filter_explanation", "gradcam",
-           "integrated_gradients", "lime", "lime_many", "run", "saliency", "smoothgrad"]
+__all__ = ["DEFAULT", "Explanation", "RunContext", "FilterExplanation", "LimeExplanation", "deeplift",
+           "filter_explanation", "gradcam", "gradient_shap", "guided_backprop", "input_x_gradient",
+           "integrated_gradients", "lime", "lime_many", "lrp", "occlusion", "run", "saliency", "smoothgrad"]
 
 
 def run(method_name: str, model, images, labels, params=None, context: RunContext = DEFAULT) -> Explanation:

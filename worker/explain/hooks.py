@@ -187,3 +187,20 @@ def token_layer(model: nn.Module, shapes: dict[str, tuple[int, ...]], height: in
     block = model.get_submodule(blocks[-1])
     norms = [p for p, m in block.named_modules() if p and "Norm" in type_name(m) and f"{blocks[-1]}.{p}" in shapes]
     return f"{blocks[-1]}.{norms[0]}" if norms else blocks[-1]
+
+
+@contextlib.contextmanager
+def forward_hooks(hooks, pre_hooks=()) -> Iterator[None]:
+    """Forward hooks [(module, hook)] and pre-hooks [(module, pre_hook)], registered on entry
+    and removed on exit, also on error: the methods that re-wire a backward pass through them
+    (guided backprop, DeepLift, LRP) leave a long-lived model as they found it."""
+    handles = []
+    try:   # registered inside: a module that refuses a hook half-way keeps none
+        for module, hook in pre_hooks:
+            handles.append(module.register_forward_pre_hook(hook))
+        for module, hook in hooks:
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -80,3 +80,32 @@ def test_summarise_known_values():
     assert o["deletion_beats_random"] == pytest.approx(3 / 5) and o["insertion_beats_random"] == pytest.approx(3 / 5)
     assert sum(s["per_method"]["m"]["faithfulness"]["histograms"]["deletion"]) == 5
     np.testing.assert_allclose(s["per_method"]["m"]["mean_maps"][2], np.ones((4, 4)))
+
+
+def test_mean_curves_survive_bytes_and_merge_and_match_the_mean_auc():
+    from worker.audit.aggregate import mean_curves
+    from worker.audit.faithfulness import auc
+
+    rng = np.random.default_rng(3)
+    curves = rng.random((4, 30, 9))
+    curves[:, 7, 2] = np.nan                                          # an image without curves: left out
+    idx, labels, probs, maps, _ = batch(30)
+    faith = {"saliency": {**{k: auc(curves[j]) for j, k in enumerate(FAITH_KEYS)}, "curves": curves}}
+    whole = partial(idx, labels, probs, maps, faith)
+    cut = lambda s: (idx[s], labels[s], probs[s], {m: v[s] for m, v in maps.items()},
+                     {"saliency": {k: (v[:, s] if k == "curves" else v[s]) for k, v in faith["saliency"].items()}})
+    merged = merge([partial(*cut(slice(13, 30))).to_bytes(), partial(*cut(slice(0, 13))).to_bytes()])
+    c = mean_curves(merged, "saliency")
+    keep = np.ones(30, bool)
+    keep[7] = False
+    assert c["n"] == 29 and c["fraction"][0] == 0 and c["fraction"][-1] == 1 and len(c["fraction"]) == 9
+    for j, k in enumerate(FAITH_KEYS):
+        np.testing.assert_allclose(c[k], curves[j, keep].mean(0), atol=1e-5)
+        assert auc(np.array(c[k])) == pytest.approx(float(np.nanmean(np.where(keep, auc(curves[j]), np.nan))),
+                                                    abs=1e-4)
+    assert mean_curves(merged, "gradcam") is None                     # none kept: null in the report
+    assert summarise(merged)["per_method"]["saliency"]["curves"] == c
+    from worker.audit.report import build_report
+
+    assert build_report(summarise(merged), [], [])["per_method"]["saliency"]["curves"]["n"] == 29   # on the schema
+    assert mean_curves(whole, "saliency")["n"] == 29

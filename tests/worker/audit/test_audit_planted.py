@@ -87,7 +87,7 @@ def test_planted_shortcut_is_flagged(planted_audit, labels):
     assert got <= set(np.flatnonzero(labels == CLASS)) and len(got) >= 0.8 * (labels == CLASS).sum()
     assert flag["evidence"]["scores"]["lift"] >= 4.5
     validate_report(report)
-    assert html.count("data:image/png;base64,") == 5                  # flag, confusion, maps, AUC, sanity
+    assert html.count("data:image/png;base64,") == 6                  # flag, confusion, maps, AUC, quality, sanity
     assert 'alt="cluster prototype and examples"' in html
 
 

@@ -91,7 +91,7 @@ def test_every_method_on_every_format(formats, fmt, name):
     model, x, y, layer, manifest = formats[fmt]
     method = METHODS[name]
     params = method.example_params(layer)
-    if method.uses_hooks and not manifest["hooks"]:
+    if method.refusal(manifest):
         with pytest.raises(ValueError, match="hook"):
             method.check(params, manifest)   # refused at submit, with the reason
         return
