@@ -81,9 +81,10 @@ def archive_entries(f: IO[bytes], size: int, filename: str) -> tuple[str, list[A
     it cannot be read by byte ranges or breaks a limit."""
     s = clients.get().settings
     max_entry, max_total = s.max_image_mb << 20, int(s.max_dataset_gb * 2**30) * 4
+    f.seek(0)
     head = f.read(4)
     f.seek(0)
-    kind = "zip" if head[:2] == b"PK" else "tar"
+    kind = "zip" if head[:2] == b"PK" or filename.lower().endswith(".zip") else "tar"
     try:
         if kind == "zip":
             found = index_zip(f, size, MAX_RATIO, max_entry, max_total)

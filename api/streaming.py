@@ -67,7 +67,11 @@ def _events(stream: IO[bytes], boundary: bytes, max_parts: int) -> Iterator:
     while True:
         event = decoder.next_event()
         if isinstance(event, NeedData):
-            chunk = stream.read(CHUNK)
+            try:
+                chunk = stream.read(CHUNK)
+            except RequestEntityTooLarge:
+                limit = request.max_content_length or 0
+                raise ApiError(413, f"the request is larger than {limit / 2**30:g} GB") from None
             decoder.receive_data(chunk or None)
             if not chunk and not decoder.buffer:
                 return
@@ -125,14 +129,17 @@ def _parts(events) -> Iterator[Part]:
 
 
 def probe_image(name: str, data: bytes, max_pixels: int) -> tuple[str, int]:
-    """(the file's extension by its content, width x height) from its header alone (decoding
-    is the workers' work, counted in the job's cost); 415, 413 or 400 for a bad image."""
+    """(the file's extension by its content, width x height) from its header alone, and a PNG's
+    chunks checked (decoding is the workers' work, counted in the job's cost); 415, 413 or 400
+    for a bad image."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             ext = IMAGE_FORMATS.get(img.format)
             if ext is None:
                 raise ApiError(415, f"{name[:200]}: {img.format} images are not accepted; send PNG or JPEG")
             w, h = img.size
+            if img.format == "PNG":
+                img.verify()   # every chunk there and its CRC right (no pixels decoded): a cut PNG is a 400
     except Image.DecompressionBombError:
         raise ApiError(413, f"{name[:200]}: too many pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:

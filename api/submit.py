@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 
 from api import auth, clients, datasets, intake, streaming
 from api.errors import ApiError
@@ -61,10 +62,8 @@ def label_function(labels: list | None, classes: list[str]):
     if labels is None:
         return None
 
-    def label_of(i: int) -> int:
-        if i >= len(labels):
-            raise ApiError(422, f"labels: {len(labels)} given, but there are more images; give one per image")
-        return intake.resolve_label(labels[i], i, classes)
+    def label_of(i: int) -> int | None:
+        return intake.resolve_label(labels[i], i, classes) if i < len(labels) else None   # counts checked at the end
     return label_of
 
 
@@ -81,7 +80,7 @@ def relabel(inputs: Inputs, keys: Keys, job: str, label_of) -> None:
 def job_from_stream() -> tuple[str, dict]:
     """A multipart job: a `spec` field (best first) and image files of any field name."""
     job, keys = intake.new_id(), Keys(auth.current().tenant)
-    spec = info = scope = intake_ = None
+    spec = info = scope = intake_ = early = None
     c = clients.get()
     try:
         for part in streaming.parts(c.settings.max_images_per_job + 16):
@@ -99,9 +98,17 @@ def job_from_stream() -> tuple[str, dict]:
                 intake_.label_of = label_function(spec.labels, info["classes"])
             else:
                 intake_ = intake_ or JobInputs(job, keys, False)
-                intake_.add(part.filename or f"image-{intake_.writer.count}", part.read(c.settings.max_image_mb << 20))
+                name = part.filename or f"image-{intake_.writer.count}"
+                try:
+                    intake_.add(name, part.read(c.settings.max_image_mb << 20))
+                except ApiError as e:
+                    if spec is not None or e.code == 413 and "request" in e.message:
+                        raise
+                    early = early or e     # a file before the spec: its error counts once the spec is read
         if spec is None:
             raise ApiError(400, "multipart requests need a form field 'spec' holding the JSON spec")
+        if early is not None:
+            raise early
         if intake_ is None:
             raise ApiError(400, "no images: attach PNG/JPEG files (multipart) or list 'inputs' paths (JSON)")
         inputs = intake_.close()
@@ -171,30 +178,40 @@ def audit_from_stream() -> tuple[str, dict]:
         raise
 
 
+def archive_image(f, e, key: str, path: str, max_bytes: int) -> bytes:
+    """An archive entry's bytes, inflated and checked against its CRC (400 if they do not fit)."""
+    f.seek(e.offset)
+    raw = f.read(e.length)
+    try:
+        data = entry_bytes(Read(key, e.offset, e.offset + e.length, []), raw,
+                           InputEntry(name=path, source=0, offset=e.offset, length=e.length, deflated=e.deflated),
+                           max_bytes)
+    except (ValueError, zlib.error) as err:
+        raise ApiError(400, f"cannot read the zip: {e.path[:200]!r}: {type(err).__name__}") from None
+    if e.crc is not None and zlib.crc32(data) != e.crc:
+        raise ApiError(400, f"cannot read the zip: {e.path[:200]!r}: its bytes do not match its CRC")
+    return data
+
+
 def archive_inputs(job: str, keys: Keys, spec: AuditSpec, info: dict, f, filename: str) -> Inputs:
-    """Index a spooled archive (each image's header checked), then keep it whole."""
+    """Index a spooled archive (each image checked: CRC, header), then keep it whole."""
     c = clients.get()
     size = f.seek(0, 2)
-    f.seek(0)
     kind, entries = datasets.archive_entries(f, size, filename)
-    names = datasets.class_paths([e.path for e in entries])
     key = keys.input_archive(job, kind)
     inputs = JobInputs(job, keys, spec.skip_invalid)
-    for e, (folder, name) in zip(entries, names):
-        label = datasets.class_index(folder, info["classes"])
-        f.seek(e.offset)
-        raw = f.read(e.length)
+    for e, (folder, name) in zip(entries, datasets.class_paths([e.path for e in entries])):
+        label, path = datasets.class_index(folder, info["classes"]), f"{folder}/{name}"
         try:
-            data = entry_bytes(Read(key, e.offset, e.offset + e.length, []), raw,
-                               InputEntry(name=name, source=0, offset=e.offset, length=e.length, deflated=e.deflated),
-                               c.settings.max_image_mb << 20)
-            _, pixels = streaming.probe_image(f"{folder}/{name}", data, c.settings.max_image_pixels)
-        except (ApiError, ValueError) as err:
-            inputs.skip(f"{folder}/{name}", err.message if isinstance(err, ApiError) else str(err))
+            data = archive_image(f, e, key, path, c.settings.max_image_mb << 20)
+            _, pixels = streaming.probe_image(path, data, c.settings.max_image_pixels)
+        except ApiError as err:
+            if not spec.skip_invalid:
+                raise
+            inputs.skip(path, err.message)
             continue
-        inputs.refer(f"{folder}/{name}", Source(key, e.offset, e.length, e.deflated), label, pixels)
+        inputs.refer(path, Source(key, e.offset, e.length, e.deflated), label, pixels)
     result = inputs.close()
-    f.seek(0)
     c.storage.put_stream(key, f, size, "application/zip" if kind == "zip" else "application/x-tar")
     return result
 

@@ -210,15 +210,15 @@ def submit_page():
     return render_template("submit.html", models=ready_models(), limits=limits())
 
 
-def upload_folders(limit: int = 10000) -> list[dict]:
-    """Folders of the caller's uploads laid out `{folder}/{class}/{image}`: an audit's datasets."""
-    k = records.keys()
-    start = len(k.uploads())
+def upload_folders() -> list[dict]:
+    """Folders of the caller's uploads laid out `{folder}/{class}/{image}`: an audit's datasets
+    (read from the uploads' folder indexes, one per folder and upload request)."""
     found: dict[str, set] = {}
-    for key in clients.get().storage.list(k.uploads(), limit=limit):
-        parts = key[start:].split("/")
-        if len(parts) >= 3:
-            found.setdefault("/".join(parts[:-2]), set()).add(parts[-2])
+    k = records.keys()
+    for key in clients.get().storage.list(k.upload_indexes(), limit=10000):
+        parts = (k.upload_folder(key) or "").split("/")
+        if len(parts) >= 2:
+            found.setdefault("/".join(parts[:-1]), set()).add(parts[-1])
     return [{"path": p, "classes": sorted(c)} for p, c in sorted(found.items())]
 
 

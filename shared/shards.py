@@ -196,6 +196,7 @@ class ArchiveEntry:
     length: int        # bytes at offset
     size: int          # bytes once inflated
     deflated: bool
+    crc: int | None = None   # a zip entry's CRC-32 of its inflated bytes
 
 
 def _safe_path(name: str) -> str:
@@ -233,7 +234,7 @@ def index_zip(f, file_size: int, max_ratio: int, max_entry: int, max_total: int)
             raise ArchiveRefused(f"{i.filename[:200]!r}: a broken local header")
         start = i.header_offset + 30 + int.from_bytes(head[26:28], "little") + int.from_bytes(head[28:30], "little")
         out.append(ArchiveEntry(_safe_path(i.filename), start, i.compress_size, i.file_size,
-                                i.compress_type == zipfile.ZIP_DEFLATED))
+                                i.compress_type == zipfile.ZIP_DEFLATED, i.CRC))
     _no_overlaps(out, file_size)
     return out
 

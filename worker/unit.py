@@ -240,8 +240,11 @@ def explain_unit(ctx: WorkerContext, m: JobManifest, res: UnitResults, classes: 
               "targets": b.labels if m.kind == "job" and any(t is not None for t in b.labels) else None,
               "audit": {"options": m.options, "truth": b.labels, "indices": b.indices, "images": m.inputs.count}
               if m.kind == "audit" else None}
+    check = cancel_check(ctx, m.id, every_s=0.0)
+    check()
     compute = ctx.compute(m)
     for h, a in compute.call(header, {"pixels": b.pixels}, ctx.unit_budget(m), check=cancel_check(ctx, m.id)):
+        check()    # between answers too: a quick unit never waits long enough to be asked
         if h["kind"] == "predicted":
             res.predicted(h)
         elif h["kind"] == "method":

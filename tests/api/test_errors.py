@@ -76,14 +76,19 @@ def test_missing_uploads_are_422(http, digits_model):
                  "not in your uploads")
 
 
-def test_oversized_upload_is_413(settings, tenant_key, digits_model):
+def test_oversized_image_and_request_are_413(settings, tenant_key, digits_model):
     from api import create_app
 
-    app = create_app(settings.model_copy(update={"max_upload_mb": 1}), reaper=False)
+    app = create_app(settings.model_copy(update={"max_image_mb": 1}), reaper=False)
     c = app.test_client()
     c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {tenant_key}"
     resp = post_job(c, {"model": "digits-cnn"}, [("big.png", b"\0" * (2 * 2**20))])
-    assert_error(resp, 413, "too large")
+    assert_error(resp, 413, "larger than 1 MB")
+    app = create_app(settings.model_copy(update={"max_dataset_gb": 1 / 1024}), reaper=False)   # a 1 MB stream
+    c = app.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {tenant_key}"
+    resp = post_job(c, {"model": "digits-cnn"}, [(f"{k}.png", b"\0" * 300_000) for k in range(5)])
+    assert_error(resp, 413, "")
 
 
 def test_image_over_the_pixel_limit_is_413(settings, tenant_key, digits_model):

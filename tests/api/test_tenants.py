@@ -5,6 +5,7 @@ and every route is documented, so a new route cannot forget."""
 from __future__ import annotations
 
 import io
+import re
 import json
 import zipfile
 
@@ -38,7 +39,7 @@ def alices(client, admin, digits_model, digit_pngs):
     wait_final(client, audit.json()["id"])
     key_id = next(k["id"] for k in admin.keys() if k["tenant"] == "alice")
     return {"job": job, "audit": audit.json()["id"], "name": "alice-model", "key_id": key_id, "tenant": "alice",
-            "upload": "alice-set/0/" + pngs[0][0]}
+            "upload": "alice-set/0/" + pngs[0][0], "index": 0, "unit": 0, "filename": "saliency.png"}
 
 
 def body_for(path: str, ids: dict) -> dict:
@@ -106,7 +107,7 @@ def test_every_route_is_documented(app):
         if rule.endpoint in ("static", "docs.docs_assets", "docs.openapi_json", "docs.docs_page", "ui.index",
                              "metrics"):
             continue
-        path = rule.rule.replace("<", "{").replace(">", "}")
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert (path, method.lower()) in documented, (path, method)
 

@@ -8,23 +8,28 @@ import uuid
 
 import pytest
 
+from shared.contracts import WorkItem
 from shared.jobs import Finish, JobStatus, LimitExceeded, Start
 
 
 @pytest.fixture()
 def store(redis_url):
+    """A job store on keys of its own (a prefix per test): a running stack's keys are never touched."""
     from shared.jobs import JobStore
     from shared.settings import Settings
 
-    return JobStore(Settings(redis_url=redis_url))
+    return JobStore(Settings(redis_url=redis_url, redis_prefix=f"test{uuid.uuid4().hex[:12]}"))
 
 
 @pytest.fixture()
 def dispatch(store):
     from shared.dispatch import Dispatcher
 
-    store.r.delete("xaiq:active", "xaiq:leases", *store.r.keys("xaiq:pending:*"))
-    return Dispatcher(store.r)
+    return Dispatcher(store.r, store.k)
+
+
+def item(tenant: str, kind: str = "job", **kw) -> WorkItem:
+    return WorkItem(tenant=tenant, kind=kind, **kw)
 
 
 def new(store, units=3, total=10, tenant="t1", gflop=30.0, limits=None):
@@ -68,7 +73,7 @@ def test_cancelled_jobs_expire_and_are_counted(store):
     before = store.stats().get("jobs_cancelled", 0)
     job = new(store)
     assert store.cancel(job, "t1") == "cancelled"
-    assert 0 < store.r.ttl(f"xaiq:job:{job}") <= 7 * 24 * 3600
+    assert 0 < store.r.ttl(store.k.job(job)) <= 7 * 24 * 3600
     assert store.stats()["jobs_cancelled"] == before + 1
 
 
@@ -160,37 +165,35 @@ def test_limits_refuse_atomically(store):
 
 
 def test_tenants_take_turns(dispatch):
-    dispatch.push("big", [{"tenant": "big", "kind": "job", "job": "A", "unit": u} for u in range(50)])
-    dispatch.push("small", [{"tenant": "small", "kind": "job", "job": "B", "unit": u} for u in range(2)])
-    order = [dispatch.take(30)["job"] for _ in range(6)]
+    dispatch.push("big", [item("big", job="A", unit=u) for u in range(50)])
+    dispatch.push("small", [item("small", job="B", unit=u) for u in range(2)])
+    order = [dispatch.take(30).job for _ in range(6)]
     assert order == ["A", "B", "A", "B", "A", "A"]
     assert dispatch.waiting() == 46 and dispatch.leased() == 6
 
 
 def test_front_items_go_first(dispatch):
-    dispatch.push("t", [{"tenant": "t", "kind": "job", "job": "A", "unit": u} for u in range(3)])
-    dispatch.push("t", [{"tenant": "t", "kind": "inspect", "model": "m", "version": "v"}], front=True)
-    assert dispatch.take(30)["kind"] == "inspect"
+    dispatch.push("t", [item("t", job="A", unit=u) for u in range(3)])
+    dispatch.push("t", [item("t", "inspect", model="m", version="v")], front=True)
+    assert dispatch.take(30).kind == "inspect"
 
 
 def test_a_lapsed_lease_brings_the_item_back_once(dispatch, store):
-    dispatch.push("t", [{"tenant": "t", "kind": "job", "job": "J", "unit": 0}])
-    item = dispatch.take(lease_s=0.2)
-    store.r.sadd("xaiq:job:J:running", 0)
+    dispatch.push("t", [item("t", job="J", unit=0)])
+    taken = dispatch.take(lease_s=0.2)
     assert dispatch.take(30) is None
     time.sleep(0.3)
     assert dispatch.reap() == 1
-    assert store.r.scard("xaiq:job:J:running") == 0          # its worker no longer runs it
     assert dispatch.reap() == 0
     again = dispatch.take(30)
-    assert again == item
+    assert again == taken
     assert dispatch.renew(again, 30) is True
     dispatch.release(again)
     assert dispatch.renew(again, 30) is False and dispatch.leased() == 0
 
 
 def test_dropping_a_cancelled_jobs_items_keeps_the_others_in_order(dispatch):
-    dispatch.push("t", [{"tenant": "t", "kind": "job", "job": j, "unit": u} for u in range(3) for j in ("A", "B")])
+    dispatch.push("t", [item("t", job=j, unit=u) for u in range(3) for j in ("A", "B")])
     assert dispatch.drop_tenant_job("t", "A") == 3
     assert dispatch.drop_tenant_job("t", "A") == 0
-    assert [(it["job"], it["unit"]) for it in iter(lambda: dispatch.take(30), None)] == [("B", 0), ("B", 1), ("B", 2)]
+    assert [(it.job, it.unit) for it in iter(lambda: dispatch.take(30), None)] == [("B", 0), ("B", 1), ("B", 2)]
