@@ -135,6 +135,7 @@ def job_from_uploads(spec: JobSpec) -> tuple[str, dict]:
     if not paths:
         raise ApiError(400, "no images: attach PNG/JPEG files (multipart) or list 'inputs' paths (JSON)")
     intake.check_count(len(paths))
+    plan(spec, info, Inputs(count=len(paths), page_size=1, sources=[]), None)   # too costly? before any lookup
     if spec.labels is not None and len(spec.labels) != len(paths):
         raise ApiError(422, f"labels: {len(spec.labels)} given for {len(paths)} images; give one per image or none")
     job, keys = intake.new_id(), Keys(auth.current().tenant)

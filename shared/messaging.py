@@ -6,6 +6,7 @@ Celery's redelivery, bring back the work of a process that died."""
 from __future__ import annotations
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 
 from shared.settings import Settings
 
@@ -41,6 +42,10 @@ def make_celery(s: Settings) -> Celery:
 
 
 def queued_tokens(app: Celery, queue: str) -> int:
-    """Messages waiting in the queue, as the broker counts them (kombu's passive declare)."""
+    """Messages waiting in the queue, as the broker counts them (kombu's queue declaration,
+    which answers with the count; a queue no one declared yet holds none)."""
     with app.connection_for_write() as conn:
-        return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        try:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except ChannelError:
+            return 0

@@ -84,7 +84,7 @@ def test_the_celery_main_process_killed(faulty, digit_pngs):
 
 def test_a_worker_killed_three_times_loses_and_doubles_nothing(faulty, digit_pngs):
     stack, client = faulty
-    pngs = (digit_pngs[0] * 4)[:200]
+    pngs = [(f"{k}-{name}", png) for k, (name, png) in enumerate((digit_pngs[0] * 4)[:200])]
     job = client.submit(pngs, model="digits-cnn", methods={"saliency": {}, "lime": {"num_samples": 100,
                                                                                    "n_segments": 30}}, unit_size=10)
     t0 = time.monotonic()

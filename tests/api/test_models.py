@@ -104,7 +104,7 @@ def test_openapi_document_and_docs_page(http):
     for path in ("/v1/jobs", "/v1/jobs/{job}", "/v1/jobs/{job}/results", "/v1/models", "/v1/models/{name}",
                  "/healthz", "/readyz"):
         assert path in doc["paths"], path
-    assert {"JobSpec", "JobStatus", "ResultsPage", "ModelInfo", "Error"} <= set(doc["components"]["schemas"])
+    assert {"JobSpec", "JobView", "ResultsPage", "ModelInfo", "Error"} <= set(doc["components"]["schemas"])
     page = http.get("/docs")
     assert page.status_code == 200 and b"swagger-ui" in page.data
     assert http.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
@@ -151,11 +151,12 @@ def _nothing_stored(settings, keys, name: str) -> bool:
 
 def _inspections_waiting(settings, name: str) -> bool:
     """Whether an inspection of `name` is still queued or running."""
-    from shared.dispatch import LEASES, pending_key
+    from shared.redis_keys import RedisKeys
     from shared.jobs import redis_client
 
     r = redis_client(settings, patient=False)
-    items = r.lrange(pending_key("alice"), 0, -1) + r.zrange(LEASES, 0, -1)
+    k = RedisKeys(settings.redis_prefix)
+    items = r.lrange(k.pending("alice"), 0, -1) + r.zrange(k.leases, 0, -1)
     return any(f'"{name}"' in item for item in items)
 
 
