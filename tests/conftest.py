@@ -31,7 +31,8 @@ def services(tmp_path_factory):
 
     s = Stack(tmp_path_factory.mktemp("stack"), workers=1, api_port=0, s3_port=0, redis_port=0,
               api_key=secrets.token_urlsafe(12), torch_threads=1,
-              extra_env={"XAIQ_UNIT_SIZE": "16", "XAIQ_UNIT_RETRIES": "1", "XAIQ_MODEL_INSPECT_TIMEOUT_S": "12"})
+              extra_env={"XAIQ_UNIT_SIZE": "16", "XAIQ_UNIT_RETRIES": "1", "XAIQ_MODEL_INSPECT_TIMEOUT_S": "12",
+                         "XAIQ_COMPUTE_GRACE_S": "10", "XAIQ_BATCH_MEASURE_S": "2"})
     yield s
     s.stop()
     if os.environ.get("CI"):

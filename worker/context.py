@@ -136,11 +136,13 @@ class WorkerContext(Backends):
         """What a model's measured batch sizes are filed under: its weights' content and format."""
         return f"{info.get('format')}:{info.get('weights_sha256', info.get('version'))}"
 
-    def unit_budget(self, m: JobManifest) -> Budget:
-        """A unit's time budget from the job's cost estimate, and the memory ceiling."""
+    def unit_budget(self, m: JobManifest, whole_job: bool = False) -> Budget:
+        """A unit's time budget from the job's cost estimate (`whole_job`: an audit's report,
+        which the estimate counts in full), and the memory ceiling."""
         s = self.settings
-        per_unit = m.cost / max(1, m.units)
-        return Budget(seconds=s.compute_grace_s + per_unit / s.compute_min_gflops + 4 * s.batch_measure_s,
+        gflop = m.cost if whole_job else m.cost / max(1, m.units)
+        measuring = s.batch_measure_s * (len(m.methods) + 1)   # a first unit measures its batch sizes
+        return Budget(seconds=s.compute_grace_s + gflop / s.compute_min_gflops + measuring,
                       memory_mb=s.compute_memory_mb)
 
     def compute(self, m: JobManifest) -> Compute:

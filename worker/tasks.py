@@ -128,7 +128,7 @@ def write_report(ctx: WorkerContext, item: WorkItem) -> dict:
                                        "name": m.name}, "options": m.options, "methods": m.methods,
               "partials": len(partials), "images": m.inputs.count}
     arrays = {k: np.frombuffer(v, np.uint8) for k, v in partials.items()}
-    for h, a in ctx.compute(m).call(header, arrays, ctx.unit_budget(m), answer=answer):
+    for h, a in ctx.compute(m).call(header, arrays, ctx.unit_budget(m, whole_job=True), answer=answer):
         if h["kind"] == "done":
             raw, html = a.get("report"), a.get("html")
             if raw is None or html is None or raw.nbytes > MAX_REPORT or html.nbytes > MAX_REPORT:

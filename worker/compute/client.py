@@ -65,11 +65,11 @@ class Compute:
         """Send a request; yield its answers up to and including `done`. `check` runs about
         every 0.1 s while waiting (it may raise, e.g. Cancelled: the process is killed first);
         `answer(question)` answers the process's questions (`kind: ask`)."""
-        deadline = time.monotonic() + budget.seconds
+        deadline, finished = time.monotonic() + budget.seconds, False
         confine.raise_cpu_limit(self.child.pid, budget.seconds * max(1, self.limits.threads) + 5)
         try:
             protocol.send(self.child.channel, header, arrays)
-            while True:
+            while not finished:
                 h, a = self.reader.recv(deadline, lambda: self._tick(budget, check))
                 kind = h.get("kind")
                 if kind == "ask" and answer is not None:
@@ -77,9 +77,8 @@ class Compute:
                 elif kind == "error":
                     raise ComputeFailed(self._error(h), killed=False)
                 elif kind in ("predicted", "method", "done"):
+                    finished = kind == "done"    # a caller that stops reading at `done` leaves it warm
                     yield h, a
-                    if kind == "done":
-                        return
                 else:
                     raise protocol.ChannelClosed(f"an answer of kind {str(kind)[:20]!r}")
         except protocol.DeadlineExceeded:
@@ -91,7 +90,8 @@ class Compute:
         except ComputeFailed:
             raise
         except BaseException:
-            self.kill()   # cancelled (or this process is stopping): the model's work is dropped
+            if not finished:
+                self.kill()   # cancelled (or this process is stopping): the model's work is dropped
             raise
 
     def _tick(self, budget: Budget, check) -> None:
