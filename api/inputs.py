@@ -28,8 +28,7 @@ class JobInputs:
         self.max_pixels, self.max_images = s.max_image_pixels, s.max_images_per_job
         self.pool = ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="xaiq-shards")
         self.futures: list[Future] = []
-        self.writer = InputWriter(self._put, lambda k: keys.input_shard(job, k), lambda p: keys.input_index(job, p),
-                                  shard_bytes=32 << 20)
+        self.writer = InputWriter(self._put, lambda k: keys.input_shard(job, k), lambda p: keys.input_index(job, p))
         self.label_of = None
         self.started = time.monotonic()
 

@@ -17,10 +17,9 @@ from api.errors import ApiError
 from api.openapi import doc, multipart
 from shared.contracts import UploadedFile, UploadIndex
 from shared.schemas import Uploaded, UploadList, UploadsQuery, valid_path
-from shared.shards import TarShard
+from shared.shards import SHARD_BYTES, TarShard
 
 bp = Blueprint("uploads", __name__, url_prefix="/v1/uploads")
-SHARD_BYTES = 32 << 20
 
 
 class Batch:

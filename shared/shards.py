@@ -27,6 +27,7 @@ from shared.contracts import IndexPage, InputEntry, Inputs, Skipped, Span
 
 BLOCK = 512
 MERGE_GAP = 1 << 20        # ranges closer than this are read in one request
+SHARD_BYTES = 8 << 20      # a shard is written once it holds this much: the API holds about three (flat memory)
 
 
 class ArchiveRefused(ValueError):
@@ -79,7 +80,7 @@ class InputWriter:
     returns the `Inputs` of the manifest. Memory: one shard and one index page."""
 
     def __init__(self, put: Callable[[str, bytes], None], shard_key: Callable[[int], str],
-                 page_key: Callable[[int], str], shard_bytes: int = 32 << 20, page_size: int = 4096):
+                 page_key: Callable[[int], str], shard_bytes: int = SHARD_BYTES, page_size: int = 4096):
         self.put, self.shard_key, self.page_key = put, shard_key, page_key
         self.shard_bytes, self.page_size = shard_bytes, page_size
         self.sources: list[str] = []
