@@ -22,7 +22,7 @@ bp = Blueprint("models", __name__, url_prefix="/v1/models")
 
 def model_records(keys: Keys) -> ModelRecords:
     c = clients.get()
-    return ModelRecords(c.storage, keys, c.jobs.r)
+    return ModelRecords(c.storage, keys, c.jobs.r, c.keys)
 
 
 def completed_spec(spec: ModelSpec, data: bytes) -> dict:

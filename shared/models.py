@@ -25,6 +25,7 @@ from contextlib import contextmanager
 
 from minio.error import S3Error
 
+from shared.redis_keys import RedisKeys
 from shared.storage import MISSING, Keys, Storage
 
 LOCK_S = 30.0       # a change holds its model's lock at most this long (a few small reads and writes)
@@ -53,8 +54,8 @@ class ModelRecords:
     """The model records of one owner (`keys`: a tenant's, or the shared models'). Reads
     need only storage; changes also need Redis (`redis`) for the per-model lock."""
 
-    def __init__(self, storage: Storage, keys: Keys, redis=None):
-        self.st, self.keys, self.r = storage, keys, redis
+    def __init__(self, storage: Storage, keys: Keys, redis=None, redis_keys: RedisKeys = RedisKeys()):
+        self.st, self.keys, self.r, self.redis_keys = storage, keys, redis, redis_keys
 
     # --- reads
     def version(self, name: str, version: str) -> dict | None:
@@ -103,7 +104,7 @@ class ModelRecords:
     def _locked(self, name: str):
         if self.r is None:
             raise RuntimeError("changing model records needs Redis (the per-model lock)")
-        key, token = f"xaiq:model-lock:{self.keys.root or 'shared/'}{name}", secrets.token_hex(8)
+        key, token = self.redis_keys.model_lock(self.keys.root or "shared/", name), secrets.token_hex(8)
         deadline = time.monotonic() + LOCK_WAIT_S
         while not self.r.set(key, token, nx=True, px=int(LOCK_S * 1000)):
             if time.monotonic() > deadline:

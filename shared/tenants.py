@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import redis
 
+from shared.redis_keys import RedisKeys
 from shared.settings import Settings
 
 TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ADMIN, OPEN = "admin", "default"    # the admin key's tenant; everyone's when no admin key is set
 RESERVED = (ADMIN, OPEN)            # no key of its own: it would share that tenant's data
 LIMITS = ("max_job_gflop", "max_tenant_gflop", "max_tenant_units", "max_tenant_jobs")
-KEYS, IDS = "xaiq:keys", "xaiq:key-ids"
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def valid_tenant(name: str) -> bool:
 
 class Tenants:
     def __init__(self, s: Settings, r: redis.Redis):
-        self.settings, self.r = s, r
+        self.settings, self.r, self.k = s, r, RedisKeys(s.redis_prefix)
 
     # --- keys
     def create_key(self, tenant: str, name: str = "") -> tuple[dict, str]:
@@ -58,20 +58,20 @@ class Tenants:
         key = "xq_" + secrets.token_urlsafe(24)
         h = digest(key)
         record = {"id": h[:12], "tenant": tenant, "name": name[:100], "created": time.time()}
-        self.r.hset(KEYS, h, json.dumps(record))
-        self.r.hset(IDS, record["id"], h)
+        self.r.hset(self.k.api_keys, h, json.dumps(record))
+        self.r.hset(self.k.key_ids, record["id"], h)
         return record, key
 
     def keys(self, tenant: str | None = None) -> list[dict]:
-        records = [json.loads(v) for v in self.r.hvals(KEYS)]
+        records = [json.loads(v) for v in self.r.hvals(self.k.api_keys)]
         return sorted((r for r in records if tenant in (None, r["tenant"])), key=lambda r: r["created"])
 
     def revoke(self, key_id: str) -> bool:
-        h = self.r.hget(IDS, key_id)
+        h = self.r.hget(self.k.key_ids, key_id)
         if not h:
             return False
-        self.r.hdel(KEYS, h)
-        self.r.hdel(IDS, key_id)
+        self.r.hdel(self.k.api_keys, h)
+        self.r.hdel(self.k.key_ids, key_id)
         return True
 
     def principal(self, key: str) -> Principal | None:
@@ -81,7 +81,7 @@ class Tenants:
             return Principal(OPEN, admin=True)
         if key and hmac.compare_digest(key.encode(), s.api_key.encode()):
             return Principal(ADMIN, admin=True, key_id=self._admin_key_id())
-        raw = self.r.hget(KEYS, digest(key)) if key else None
+        raw = self.r.hget(self.k.api_keys, digest(key)) if key else None
         if raw is None:
             return None
         record = json.loads(raw)
@@ -94,12 +94,12 @@ class Tenants:
 
     # --- limits and usage
     def limits(self, tenant: str) -> dict[str, float]:
-        own = self.r.hgetall(f"xaiq:tenant:{tenant}:limits")
+        own = self.r.hgetall(self.k.tenant_limits(tenant))
         return {k: float(own[k]) if k in own else float(getattr(self.settings, k)) for k in LIMITS}
 
     def set_limits(self, tenant: str, **limits: float | None) -> dict[str, float]:
         """Set (a number) or reset to the default (None) each given limit."""
-        key = f"xaiq:tenant:{tenant}:limits"
+        key = self.k.tenant_limits(tenant)
         for name, value in limits.items():
             if name not in LIMITS:
                 raise ValueError(f"unknown limit {name!r}; limits: {', '.join(LIMITS)}")
@@ -113,11 +113,11 @@ class Tenants:
     def open_session(self, p: Principal) -> str:
         token = secrets.token_urlsafe(32)
         ttl = int(self.settings.session_hours * 3600)
-        self.r.set(f"xaiq:session:{digest(token)}", json.dumps([p.tenant, p.admin, p.key_id]), ex=ttl)
+        self.r.set(self.k.session(digest(token)), json.dumps([p.tenant, p.admin, p.key_id]), ex=ttl)
         return token
 
     def session(self, token: str) -> Principal | None:
-        raw = self.r.get(f"xaiq:session:{digest(token)}") if token else None
+        raw = self.r.get(self.k.session(digest(token))) if token else None
         if raw is None:
             return None
         tenant, admin, key_id = json.loads(raw)
@@ -131,8 +131,8 @@ class Tenants:
             return key_id == ""
         if key_id.startswith("admin:"):
             return key_id == self._admin_key_id()
-        return bool(key_id) and bool(self.r.hexists(IDS, key_id))
+        return bool(key_id) and bool(self.r.hexists(self.k.key_ids, key_id))
 
     def close_session(self, token: str) -> None:
         if token:
-            self.r.delete(f"xaiq:session:{digest(token)}")
+            self.r.delete(self.k.session(digest(token)))

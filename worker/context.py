@@ -16,6 +16,7 @@ from functools import cached_property
 
 from shared.backends import Backends
 from shared.contracts import JobManifest, WorkItem
+from shared.models import ModelRecords
 from shared.storage import Keys
 from worker.compute.client import Budget, Compute, ComputePool, model_key
 from worker.inputs import IndexCache
@@ -120,11 +121,17 @@ class WorkerContext(Backends):
     def model_keys(self, m: JobManifest) -> Keys:
         return Keys(None) if m.model_scope == "shared" else Keys(m.tenant)
 
+    def model_records(self, m: JobManifest) -> ModelRecords:
+        """The records of the job's model (their one owner), under its owner's keys."""
+        return ModelRecords(self.storage, self.model_keys(m), self.jobs.r, self.keys)
+
     def model_info(self, m: JobManifest) -> dict:
         """The record of the model version the job is bound to (versions never change)."""
         key = (m.model_scope, m.tenant if m.model_scope == "tenant" else "", m.model, m.model_version)
         if key not in self.models:
-            info = self.storage.get_json(self.model_keys(m).version(m.model, m.model_version))
+            info = self.model_records(m).version(m.model, m.model_version)
+            if info is None:
+                raise ValueError(f"model {m.model!r} version {m.model_version} was deleted")
             if info["status"] != "ready":
                 raise ValueError(f"model {m.model!r} version {m.model_version} is {info['status']}")
             self.models[key] = info
@@ -151,8 +158,8 @@ class WorkerContext(Backends):
         keys = self.model_keys(m)
 
         def weights() -> bytes:
-            data = self.storage.get(keys.weights(m.model, m.model_version))
-            if hashlib.sha256(data).hexdigest() != info.get("weights_sha256"):
+            data = self.model_records(m).weights(m.model, m.model_version)
+            if data is None or hashlib.sha256(data).hexdigest() != info.get("weights_sha256"):
                 raise ValueError(f"model {m.model!r}: the stored weights are not those of version {m.model_version}")
             return data
 

@@ -111,20 +111,21 @@ def test_a_stored_key_of_a_reserved_tenant_is_refused(app, settings, as_admin):
 
     import redis
 
-    from shared.tenants import IDS, KEYS, digest
+    from shared.redis_keys import RedisKeys
+    from shared.tenants import digest
 
-    key = "xq_made-before-the-fix"
+    key, k = "xq_made-before-the-fix", RedisKeys(settings.redis_prefix)
     r = redis.Redis.from_url(settings.redis_url)
-    r.hset(KEYS, digest(key), json_.dumps({"id": "reserved0001", "tenant": "admin", "name": "", "created": 0}))
-    r.hset(IDS, "reserved0001", digest(key))
+    r.hset(k.api_keys, digest(key), json_.dumps({"id": "reserved0001", "tenant": "admin", "name": "", "created": 0}))
+    r.hset(k.key_ids, "reserved0001", digest(key))
     try:
         c = app.test_client()
         assert c.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 401
         assert c.post("/ui/signin", data={"key": key}).status_code == 401
         assert as_admin.get("/v1/jobs").status_code == 200
     finally:
-        r.hdel(KEYS, digest(key))
-        r.hdel(IDS, "reserved0001")
+        r.hdel(k.api_keys, digest(key))
+        r.hdel(k.key_ids, "reserved0001")
 
 
 # --- /metrics

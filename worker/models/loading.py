@@ -3,19 +3,15 @@ TorchScript that passed the operator allowlist), listing their layers, and a sma
 per-process cache of model versions."""
 from __future__ import annotations
 
-import hashlib
 import io
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from shared.models import ModelRecords
-from shared.storage import Keys, Storage
 from worker.explain.context import RunContext
 from worker.models.architectures import build
-from worker.models.prepare import Options, Prepared, prepare
+from worker.models.prepare import Prepared
 
 
 @dataclass
@@ -158,32 +154,3 @@ def layers(model: nn.Module, input_shape: tuple[int, int, int] | None = None) ->
             layer["out_channels"] = last
         last = layer["out_channels"] or last
     return out
-
-
-class ModelCache:
-    """Models loaded once per worker process, keyed by owner, name and version (versions
-    never change, so a cached one is never stale), each prepared for forward-only passes
-    (`worker.models.prepare`)."""
-
-    def __init__(self, size: int, options: Options | None = None):
-        self.size, self.options = size, options or Options()
-        self.models: OrderedDict[tuple[str | None, str, str], LoadedModel] = OrderedDict()
-
-    def get(self, st: Storage, keys: Keys, name: str, version: str, device: torch.device) -> LoadedModel:
-        key = (keys.tenant, name, version)
-        if key not in self.models:
-            records = ModelRecords(st, keys)
-            info = records.version(name, version)
-            if info is not None and info["status"] != "ready":
-                raise ValueError(f"model {name!r} version {version} is {info['status']}")
-            data = records.weights(name, version) if info is not None else None
-            if info is None or data is None:
-                raise ValueError(f"model {name!r} version {version} was deleted")
-            if hashlib.sha256(data).hexdigest() != info.get("weights_sha256"):
-                raise ValueError(f"model {name!r}: the stored weights are not those of version {version}")
-            model = build_model(info, data).to(device)
-            self.models[key] = LoadedModel(model, info, device, prepare(model, self.options))
-            while len(self.models) > self.size:
-                self.models.popitem(last=False)
-        self.models.move_to_end(key)
-        return self.models[key]

@@ -8,6 +8,7 @@ import json
 import logging
 
 from shared.models import ModelRecords
+from shared.redis_keys import RedisKeys
 from shared.settings import Settings
 from shared.storage import Keys, Storage
 from worker.compute.client import inspect_untrusted
@@ -20,7 +21,8 @@ def checked(r, info: dict, data: bytes, s: Settings) -> dict:
     (the weights and how they are read), so the same model registered again, under any
     name or tenant, is ready at once."""
     basis = {k: info.get(k) for k in ("format", "architecture", "input", "preprocess")} | {"classes": len(info["classes"])}
-    key = "xaiq:inspected:" + hashlib.sha256(data + json.dumps(basis, sort_keys=True).encode()).hexdigest()
+    key = RedisKeys(s.redis_prefix).inspected(hashlib.sha256(data + json.dumps(basis, sort_keys=True).encode())
+                                              .hexdigest())
     if r is not None and (hit := r.get(key)):
         return json.loads(hit)
     result = inspect_untrusted(info, data, timeout_s=s.model_inspect_timeout_s, memory_mb=s.model_inspect_memory_mb,
@@ -32,7 +34,7 @@ def checked(r, info: dict, data: bytes, s: Settings) -> dict:
 
 def inspect_version(st: Storage, keys: Keys, name: str, version: str, s: Settings, r=None) -> dict | None:
     """Inspect one version and record the verdict; None when the model was deleted first."""
-    records = ModelRecords(st, keys, r)
+    records = ModelRecords(st, keys, r, RedisKeys(s.redis_prefix))
     info = records.version(name, version)
     data = records.weights(name, version) if info is not None else None
     if info is None or data is None:
