@@ -1,6 +1,6 @@
 """Loading registered models safely (safetensors, `torch.load(weights_only=True)`,
-TorchScript that passed the operator allowlist), listing their layers, and a small
-per-process cache of model versions."""
+TorchScript that passed the operator allowlist), and listing their layers. It runs inside a
+confined compute process (`worker.compute.server`), never in the broker."""
 from __future__ import annotations
 
 import io
