@@ -8,7 +8,7 @@ from shared.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None, reaper: bool = True) -> Flask:
-    from api import (audits, auth, clients, docs, errors, health, jobs, keys, methods, metrics, models, openapi,
+    from api import (audits, auth, connections, docs, errors, health, jobs, keys, methods, metrics, models, openapi,
                      results, ui, uploads)
 
     settings = settings or get_settings()
@@ -17,7 +17,7 @@ def create_app(settings: Settings | None = None, reaper: bool = True) -> Flask:
     app.config["MAX_FORM_PARTS"] = settings.max_images_per_job + 16         # files and fields of one request
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_json_mb * 2**20       # the `spec` field
     app.json.sort_keys = False
-    clients.init_app(app, settings)
+    connections.init_app(app, settings)
     errors.init_app(app)
     auth.init_app(app)
     metrics.init_app(app)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request, url_for
 
-from api import auth, clients, intake, records, signing, submit
+from api import auth, connections, intake, records, signing, submit
 from api.errors import ApiError
 from api.openapi import doc, multipart
 from shared.schemas import AuditSpec, JobCreated, JobView
@@ -20,7 +20,7 @@ def create_audit():
     uncompressed tar, one folder per class, kept whole and read by ranges), or a JSON spec whose
     `dataset` is a folder of your uploads laid out `{folder}/{class}/{image}`."""
     if request.mimetype == "multipart/form-data":
-        request.max_content_length = int(clients.get().settings.max_dataset_gb * 2**30)
+        request.max_content_length = int(connections.get().settings.max_dataset_gb * 2**30)
         audit, answer = submit.audit_from_stream()
     else:
         spec, _ = intake.read_spec(AuditSpec)
@@ -43,7 +43,7 @@ def report(audit: str):
     state = records.audit_state(audit)
     if state["status"] != "succeeded":
         raise ApiError(409, f"audit {audit} is {state['status']}; the report is written when it succeeds")
-    st, k = clients.get().storage, records.keys()
+    st, k = connections.get().storage, records.keys()
     html = signing.sign(url_for("audits.report_html", audit=audit, _external=True), auth.current())
     return {"report": st.get_json(k.report(audit, "json")), "html": html}
 
@@ -55,6 +55,6 @@ def report_html(audit: str):
     state = records.audit_state(audit)
     if state["status"] != "succeeded":
         raise ApiError(409, f"audit {audit} is {state['status']}; the report is written when it succeeds")
-    html = clients.get().storage.get(records.keys().report(audit, "html"))
+    html = connections.get().storage.get(records.keys().report(audit, "html"))
     return Response(html, mimetype="text/html", headers={"Content-Security-Policy": "sandbox; default-src 'none'; "
                                                          "img-src data:; style-src 'unsafe-inline'"})

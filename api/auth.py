@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from flask import Flask, g, redirect, request, url_for
 
-from api import clients, signing
+from api import connections, signing
 from api.errors import ApiError, error_response
 from shared.tenants import Principal
 
@@ -114,7 +114,7 @@ def content_security_policy(settings, resp) -> str:
 def identify() -> tuple[Principal | None, bool]:
     """(the caller or None, whether by the session cookie); a GET of a result may carry a
     signed link instead of a key (`api.signing`)."""
-    c = clients.get()
+    c = connections.get()
     if request.method in ("GET", "HEAD") and "sig" in request.args:
         return signing.principal(request.path, request.args), False
     key = presented_key()
@@ -141,5 +141,5 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _confine(resp):
         resp.headers.update(HEADERS)
-        resp.headers["Content-Security-Policy"] = content_security_policy(clients.get().settings, resp)
+        resp.headers["Content-Security-Policy"] = content_security_policy(connections.get().settings, resp)
         return resp

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 from typing import IO
 
-from api import clients
+from api import connections
 from api.errors import ApiError
 from shared.contracts import UploadIndex
 from shared.shards import ArchiveEntry, ArchiveRefused, Source, index_tar, index_zip
@@ -48,7 +48,7 @@ def folder_files(st: Storage, keys: Keys, folder: str, recursive: bool) -> dict[
 
 def upload_sources(paths: list[str], keys: Keys) -> list[tuple[Source, int]]:
     """Where each of these upload paths lies; 422 listing the ones not in the uploads."""
-    st = clients.get().storage
+    st = connections.get().storage
     folders: dict[str, dict] = {}
     found, missing = [], []
     for p in paths:
@@ -79,7 +79,7 @@ def class_tree(st: Storage, keys: Keys, folder: str) -> list[tuple[str, str, Sou
 def archive_entries(f: IO[bytes], size: int, filename: str) -> tuple[str, list[ArchiveEntry]]:
     """('zip' or 'tar', the archive's image entries) of an uploaded dataset, refused (4xx) if
     it cannot be read by byte ranges or breaks a limit."""
-    s = clients.get().settings
+    s = connections.get().settings
     max_entry, max_total = s.max_image_mb << 20, int(s.max_dataset_gb * 2**30) * 4
     f.seek(0)
     head = f.read(4)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from api import clients, records
+from api import connections, records
 from shared.contracts import InputEntry, JobManifest
 from shared.storage import Keys
 
@@ -32,7 +32,7 @@ class GalleryQuery(BaseModel):
 
 def classes_of(m: JobManifest) -> list[str]:
     """Class names of the model version the job is bound to (its current version if that is gone)."""
-    st = clients.get().storage
+    st = connections.get().storage
     k = Keys(None) if m.model_scope == "shared" else Keys(m.tenant)
     info = st.get_json_or_none(k.version(m.model, m.model_version)) or st.get_json_or_none(k.model(m.model))
     return list((info or {}).get("classes") or [])

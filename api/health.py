@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from api import clients
+from api import connections
 from api.errors import RETRY_AFTER_S
 from api.openapi import doc
 from shared.schemas import Health
@@ -23,7 +23,7 @@ def healthz():
 @doc(resp={"HTTP_200": Health, "HTTP_503": Health}, public=True, tags=["health"])
 def readyz():
     """Redis and object storage answer (503 if either is down or hung)."""
-    c = clients.get()
+    c = connections.get()
     checks = {name: probe.state(c.settings.api_wait_s) for name, probe in c.probes.items()}
     ok = all(v == "ok" for v in checks.values())
     headers = {} if ok else {"Retry-After": str(RETRY_AFTER_S)}

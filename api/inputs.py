@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from api import clients
+from api import connections
 from api.errors import ApiError
 from api.streaming import probe_image
 from shared.contracts import Inputs
@@ -23,7 +23,7 @@ class JobInputs:
 
     def __init__(self, job: str, keys: Keys, skip_invalid: bool = False):
         self.job, self.keys, self.skip_invalid = job, keys, skip_invalid
-        self.c = clients.get()
+        self.c = connections.get()
         s = self.c.settings
         self.max_pixels, self.max_images = s.max_image_pixels, s.max_images_per_job
         self.pool = ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="xaiq-shards")

@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 from flask import request
 
-from api import auth, clients, records
+from api import auth, connections, records
 from api.errors import ApiError
 from shared import methods as registry
 from shared.jobs import LimitExceeded
@@ -24,7 +24,7 @@ def new_id() -> str:
 
 def parse_json(raw: bytes | str, what: str):
     """JSON within the size and depth limits, checked before parsing; no NaN or Infinity."""
-    s = clients.get().settings
+    s = connections.get().settings
     raw = raw.encode() if isinstance(raw, str) else raw
     if len(raw) > s.max_json_mb * 2**20:
         raise ApiError(413, f"{what} is larger than {s.max_json_mb} MB")
@@ -67,7 +67,7 @@ def read_spec(model):
         body = parse_json(raw, "the 'spec' field")
         files = [f for key in request.files for f in request.files.getlist(key)]
     elif request.mimetype == "application/json":
-        limit = clients.get().settings.max_json_mb * 2**20
+        limit = connections.get().settings.max_json_mb * 2**20
         body = parse_json(request.stream.read(limit + 1), "the JSON body")
         files = []
     else:
@@ -83,7 +83,7 @@ def read_query(model):
 
 
 def check_count(n: int, what: str = "a job") -> None:
-    limit = clients.get().settings.max_images_per_job
+    limit = connections.get().settings.max_images_per_job
     if n > limit:
         raise ApiError(413, f"{n} images; {what} takes at most {limit}")
 
@@ -133,7 +133,7 @@ def estimate(methods: dict, info: dict, n: int, units: int, options: dict | None
 def admit_cost(gflop: float, units: int) -> dict:
     """413 when the job alone passes the tenant's limits; 429 when the tenant's queued work
     would (a check before anything is stored; `jobs.create` checks again atomically)."""
-    c, tenant = clients.get(), auth.current().tenant
+    c, tenant = connections.get(), auth.current().tenant
     limits = c.tenants.limits(tenant)
     if gflop > limits["max_job_gflop"]:
         raise ApiError(413, f"the job's estimated cost is {gflop:.3g} GFLOP; a job may cost at most "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request, url_for
 
-from api import clients, intake, records, submit
+from api import connections, intake, records, submit
 from api.errors import ApiError
 from api.openapi import doc, multipart
 from shared.schemas import PurgeQuery, JobCreated, JobList, JobSpec, JobView, ListQuery, ResultsPage, ResultsQuery
@@ -19,7 +19,7 @@ def create_job():
     """Submit a bulk job: multipart images (streamed, any number) + a `spec` field, or a JSON spec whose
     `inputs` name your uploads."""
     if request.mimetype == "multipart/form-data":
-        request.max_content_length = int(clients.get().settings.max_dataset_gb * 2**30)
+        request.max_content_length = int(connections.get().settings.max_dataset_gb * 2**30)
         job, answer = submit.job_from_stream()
     elif request.mimetype == "application/json":
         spec, _ = intake.read_spec(JobSpec)
@@ -54,9 +54,9 @@ def cancel_job(job: str):
         state = records.state_of(job)
         if not state.status.final:
             raise ApiError(409, f"job {job} is {state.status}: cancel it first, then purge it once it has ended")
-        removed = clients.get().lifecycle.delete_objects(state.tenant, job)
+        removed = connections.get().lifecycle.delete_objects(state.tenant, job)
         return {**records.view(state), "purged": removed}, 200
-    records.cancel(job)
+    connections.get().lifecycle.cancel(job, records.state_of(job).tenant)
     return records.job_state(job), 202
 
 

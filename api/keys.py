@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from api import auth, clients, intake
+from api import auth, connections, intake
 from api.errors import ApiError
 from api.openapi import doc
 from shared.schemas import KeyInfo, KeyList, KeyRequest, Limits, TenantInfo
@@ -19,7 +19,7 @@ def create_key():
     auth.require_admin()
     req, _ = intake.read_spec(KeyRequest)
     try:
-        record, key = clients.get().tenants.create_key(req.tenant, req.name)
+        record, key = connections.get().tenants.create_key(req.tenant, req.name)
     except ValueError as e:   # the tenant's name
         raise ApiError(422, str(e)) from None
     return {**record, "key": key}, 201
@@ -30,7 +30,7 @@ def create_key():
 def list_keys():
     """Every tenant's keys (admin): ids, tenants, names; never the keys."""
     auth.require_admin()
-    return {"keys": clients.get().tenants.keys()}
+    return {"keys": connections.get().tenants.keys()}
 
 
 @bp.delete("/keys/<key_id>")
@@ -38,13 +38,13 @@ def list_keys():
 def revoke_key(key_id: str):
     """Revoke a key (admin): it and its browser sessions stop working at once."""
     auth.require_admin()
-    if not clients.get().tenants.revoke(key_id[:64]):
+    if not connections.get().tenants.revoke(key_id[:64]):
         raise ApiError(404, f"unknown key {key_id[:64]!r}")
     return {"revoked": key_id}
 
 
 def tenant_info(tenant: str) -> dict:
-    c = clients.get()
+    c = connections.get()
     return {"tenant": tenant, "limits": c.tenants.limits(tenant), "usage": c.jobs.usage(tenant)}
 
 
@@ -73,5 +73,5 @@ def set_limits(tenant: str):
     if not valid_tenant(tenant):
         raise ApiError(404, f"unknown tenant {tenant[:64]!r}")
     req, _ = intake.read_spec(Limits)
-    clients.get().tenants.set_limits(tenant, **{k: getattr(req, k) for k in req.model_fields_set})
+    connections.get().tenants.set_limits(tenant, **{k: getattr(req, k) for k in req.model_fields_set})
     return tenant_info(tenant)

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from api import auth
+from shared.messaging import queued_tokens
 
 COUNTERS = {
     "jobs_submitted": "Jobs submitted",
@@ -20,15 +21,16 @@ COUNTERS = {
     "images": "Images explained",
     "device_seconds": "Seconds the devices computed inside work units (prediction, methods, audit curves)",
     "pipeline_seconds": "Wall seconds of work units from reading the inputs to the last write",
+    "storage_requests": "Storage requests the workers made in work units (reads of inputs, writes of shards)",
 }
 
 
 class RedisCollector:
-    def __init__(self, clients):
-        self.clients = clients
+    def __init__(self, backends):
+        self.b = backends
 
     def collect(self):
-        stats = self.clients.jobs.stats()
+        stats = self.b.jobs.stats()
         for name, doc in COUNTERS.items():
             yield CounterMetricFamily(f"xaiq_{name}", doc, value=stats.get(name, 0.0))
         busy = GaugeMetricFamily("xaiq_device_busy_ratio", "How busy the devices were in work units: "
@@ -36,10 +38,10 @@ class RedisCollector:
         busy.add_metric([], stats.get("device_seconds", 0.0) / max(stats.get("pipeline_seconds", 0.0), 1e-9))
         yield busy
         for name, doc, value in (
-                ("xaiq_queue_depth", "Work items waiting, all tenants", self.clients.dispatch.waiting),
-                ("xaiq_items_running", "Work items under a lease (running)", self.clients.dispatch.leased),
-                ("xaiq_tokens_queued", "Celery messages waiting", lambda: self.clients.jobs.r.llen(
-                    self.clients.settings.queue))):
+                ("xaiq_queue_depth", "Work items waiting, all tenants", self.b.dispatch.waiting),
+                ("xaiq_items_running", "Work items under a lease (running)", self.b.dispatch.leased),
+                ("xaiq_tokens_queued", "Celery messages waiting",
+                 lambda: queued_tokens(self.b.celery, self.b.settings.queue))):
             gauge = GaugeMetricFamily(name, doc)
             gauge.add_metric([], float(value()))
             yield gauge

@@ -8,7 +8,7 @@ import importlib
 
 from flask import Blueprint, request
 
-from api import auth, clients, intake, records
+from api import auth, connections, intake, records
 from api.errors import ApiError
 from api.openapi import doc, multipart
 from shared.contracts import WorkItem
@@ -21,7 +21,7 @@ bp = Blueprint("models", __name__, url_prefix="/v1/models")
 
 
 def model_records(keys: Keys) -> ModelRecords:
-    c = clients.get()
+    c = connections.get()
     return ModelRecords(c.storage, keys, c.jobs.r, c.keys)
 
 
@@ -81,7 +81,7 @@ def register_model():
     except (ModelExists, ModelBusy) as e:
         raise ApiError(409, str(e)) from None
     if inspect:
-        clients.get().enqueue(tenant, [WorkItem(tenant=tenant, kind="inspect", shared=shared, model=spec.name,
+        connections.get().enqueue(tenant, [WorkItem(tenant=tenant, kind="inspect", shared=shared, model=spec.name,
                                                 version=current["version"])], front=True)
     return mine.get(spec.name) or current, 202
 

@@ -2,7 +2,7 @@
 and manifest, its items (from the units' records, with signed links to each item's files),
 single items' files by range reads of the unit's shards, a model's manifest. Another tenant's
 object answers 404 exactly like one that does not exist. Blueprints share these; they never
-import each other."""
+import each other. (Changes go through `shared.lifecycle.JobLifecycle`.)"""
 from __future__ import annotations
 
 import re
@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from flask import url_for
 
-from api import auth, clients, signing
+from api import auth, connections, signing
 from api.errors import ApiError
 from shared.contracts import IndexPage, ItemRecord, JobManifest, UnitRecords
 from shared.jobs import JobState, JobStatus
@@ -48,14 +48,14 @@ def _live_state(job: str) -> JobState | None:
     """The caller's job from Redis; None when Redis no longer has it (404 for a malformed id)."""
     if not JOB_ID.match(job):
         raise ApiError(404, f"unknown job {job[:64]!r}")
-    state = clients.get().jobs.get(job)
+    state = connections.get().jobs.get(job)
     return state if state is not None and state.tenant == auth.current().tenant else None
 
 
 def _stored_manifest(job: str) -> JobManifest:
     """The caller's job manifest; 404 when there is none."""
     tenant = auth.current().tenant
-    raw = clients.get().storage.get_json_or_none(Keys(tenant).job(job))
+    raw = connections.get().storage.get_json_or_none(Keys(tenant).job(job))
     m = JobManifest.model_validate(raw) if raw is not None else None
     if m is None or m.tenant != tenant:
         raise ApiError(404, f"unknown job {job!r}")
@@ -96,19 +96,13 @@ def audit_state(audit: str, page: bool = False) -> dict:
 
 def recent(limit: int = 50, offset: int = 0) -> list[dict]:
     """The caller's jobs and audits, newest first."""
-    c, tenant = clients.get(), auth.current().tenant
+    c, tenant = connections.get(), auth.current().tenant
     out = []
     for job in c.jobs.ids(tenant, offset, limit):
         state = c.jobs.get(job)
         if state and state.tenant == tenant:
             out.append(view(state))
     return out
-
-
-def cancel(job: str) -> None:
-    """Cancel the caller's job (see `JobLifecycle.cancel`)."""
-    state = state_of(job)
-    clients.get().lifecycle.cancel(job, state.tenant)
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -119,7 +113,7 @@ def unit_records(m: JobManifest, unit: int, st: Storage | None = None) -> UnitRe
     if key in _records_cache:
         _records_cache.move_to_end(key)
         return _records_cache[key]
-    raw = (st or clients.get().storage).get_json_or_none(Keys(m.tenant).records(m.id, unit))
+    raw = (st or connections.get().storage).get_json_or_none(Keys(m.tenant).records(m.id, unit))
     if raw is None:
         return None
     rec = UnitRecords.model_validate(raw)
@@ -130,7 +124,7 @@ def unit_records(m: JobManifest, unit: int, st: Storage | None = None) -> UnitRe
 
 
 def index_page(m: JobManifest, page: int) -> IndexPage:
-    return IndexPage.model_validate(clients.get().storage.get_json(Keys(m.tenant).input_index(m.id, page)))
+    return IndexPage.model_validate(connections.get().storage.get_json(Keys(m.tenant).input_index(m.id, page)))
 
 
 def item_path(job: str, i: int, method: str, ext: str) -> str:
@@ -166,7 +160,7 @@ def items_at(m: JobManifest, job_status: str, indices: list[int]) -> list[dict]:
     """Items of a job by index (their units' records read once each; names of images without
     a record from the index)."""
     units = sorted({i // m.unit_size for i in indices})
-    st = clients.get().storage
+    st = connections.get().storage
     with ThreadPoolExecutor(8) as pool:
         recs = dict(zip(units, pool.map(lambda u: unit_records(m, u, st), units)))
     names: dict[int, str] = {}
@@ -221,7 +215,7 @@ def item_npy(m: JobManifest, i: int, method: str) -> bytes:
     if shard is None or item.row is None:
         raise ApiError(404, f"image {i} has no {method} map" + (f": {item.error}" if item.error else ""))
     start = shard.offset + item.row * shard.row_bytes
-    return single_npy(clients.get().storage.get_range(shard.key, start, start + shard.row_bytes), shard.shape)
+    return single_npy(connections.get().storage.get_range(shard.key, start, start + shard.row_bytes), shard.shape)
 
 
 def item_png(m: JobManifest, i: int, method: str) -> bytes:
@@ -229,7 +223,7 @@ def item_png(m: JobManifest, i: int, method: str) -> bytes:
     span, key = item.pictures.get(method), rec.pictures.get(method)
     if span is None or key is None:
         raise ApiError(404, f"image {i} has no {method} picture" + ("" if m.pictures else " (the job asked for none)"))
-    return clients.get().storage.get_range(key, span.offset, span.offset + span.length)
+    return connections.get().storage.get_range(key, span.offset, span.offset + span.length)
 
 
 def item_input(m: JobManifest, i: int) -> bytes:
@@ -241,8 +235,8 @@ def item_input(m: JobManifest, i: int) -> bytes:
     page = index_page(m, i // m.inputs.page_size)
     e = page.entries[i - page.first]
     key = m.inputs.sources[e.source]
-    raw = clients.get().storage.get_range(key, e.offset, e.offset + e.length)
-    return entry_bytes(Read(key, e.offset, e.offset + e.length, []), raw, e, clients.get().settings.max_image_mb << 20)
+    raw = connections.get().storage.get_range(key, e.offset, e.offset + e.length)
+    return entry_bytes(Read(key, e.offset, e.offset + e.length, []), raw, e, connections.get().settings.max_image_mb << 20)
 
 
 def unit_file(m: JobManifest, unit: int, name: str) -> bytes:
@@ -250,12 +244,12 @@ def unit_file(m: JobManifest, unit: int, name: str) -> bytes:
     span = rec.extras.get(name) if rec is not None else None
     if span is None or rec.extras_key is None:
         raise ApiError(404, f"unit {unit} of job {m.id} has no {name[:100]!r}")
-    return clients.get().storage.get_range(rec.extras_key, span.offset, span.offset + span.length)
+    return connections.get().storage.get_range(rec.extras_key, span.offset, span.offset + span.length)
 
 
 def available_models() -> list[dict]:
     """The models the caller may use: its own, then the shared ones (its own hide a shared one of the same name)."""
-    st = clients.get().storage
+    st = connections.get().storage
     found: dict[str, dict] = {}
     for k in (keys(), Keys(None)):
         for info in ModelRecords(st, k).list():
@@ -265,7 +259,7 @@ def available_models() -> list[dict]:
 
 def find_model(name: str) -> tuple[dict, str]:
     """A model the caller may use: its own first, then a shared one; (manifest, 'tenant' or 'shared')."""
-    st = clients.get().storage
+    st = connections.get().storage
     if NAME.match(name):
         for scope, k in (("tenant", keys()), ("shared", Keys(None))):
             info = ModelRecords(st, k).get(name)

@@ -9,7 +9,7 @@ import io
 import numpy as np
 from flask import Blueprint, Response, abort, stream_with_context
 
-from api import clients, records
+from api import connections, records
 from api.errors import ApiError
 from api.openapi import doc
 
@@ -94,7 +94,7 @@ def _rows(m, method: str, shape: list[int], header: bytes):
         first, count = m.unit_range(u)
         rec = records.unit_records(m, u)
         shard = rec.maps.get(method) if rec is not None else None
-        data = clients.get().storage.get_range(shard.key, shard.offset, shard.offset + shard.rows * shard.row_bytes) \
+        data = connections.get().storage.get_range(shard.key, shard.offset, shard.offset + shard.rows * shard.row_bytes) \
             if shard is not None else b""
         for it in (rec.items if rec is not None else [None] * count):
             if it is not None and it.row is not None and shard is not None:

@@ -8,12 +8,12 @@ import hmac
 import time
 from urllib.parse import urlencode, urlparse
 
-from api import clients
+from api import connections
 from shared.tenants import Principal
 
 
 def _secret() -> bytes:
-    s = clients.get().settings
+    s = connections.get().settings
     return hashlib.sha256(b"xaiq-links|" + s.s3_secret_key.encode() + b"|" + s.api_key.encode()).digest()
 
 
@@ -23,7 +23,7 @@ def _mac(path: str, tenant: str, kid: str, exp: int) -> str:
 
 def sign(url: str, p: Principal) -> str:
     """The URL (absolute or a path) with a signature of its path for the caller `p`."""
-    exp = int(time.time()) + clients.get().settings.url_expiry_s
+    exp = int(time.time()) + connections.get().settings.url_expiry_s
     path = urlparse(url).path
     return f"{url}?{urlencode({'exp': exp, 'kid': p.key_id, 't': p.tenant, 'sig': _mac(path, p.tenant, p.key_id, exp)})}"
 
@@ -36,6 +36,6 @@ def principal(path: str, args) -> Principal | None:
         return None
     if not sig or exp < time.time() or not hmac.compare_digest(sig, _mac(path, tenant, kid, exp)):
         return None
-    if not clients.get().tenants.key_valid(kid):
+    if not connections.get().tenants.key_valid(kid):
         return None
     return Principal(tenant, admin=False, key_id=kid)

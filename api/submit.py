@@ -9,7 +9,7 @@ import math
 import time
 import zlib
 
-from api import auth, clients, datasets, intake, streaming
+from api import auth, connections, datasets, intake, streaming
 from api.errors import ApiError
 from api.inputs import JobInputs
 from shared.contracts import IndexPage, InputEntry, Inputs, JobManifest
@@ -24,7 +24,7 @@ MIN_UNIT, MAX_UNIT = 8, 1024
 def unit_size(requested: int | None, per_image_gflop: float) -> int:
     """Images per unit: as asked (the spec, else `XAIQ_UNIT_SIZE`), else sized by cost so a
     unit is about `unit_gflop` of work."""
-    s = clients.get().settings
+    s = connections.get().settings
     if requested or s.unit_size:
         return requested or s.unit_size
     return int(min(MAX_UNIT, max(MIN_UNIT, s.unit_gflop // max(per_image_gflop, 1e-9))))
@@ -32,7 +32,7 @@ def unit_size(requested: int | None, per_image_gflop: float) -> int:
 
 def plan(spec, info: dict, inputs: Inputs, options: dict | None) -> tuple[int, int, float, dict]:
     """(unit size, units, estimated GFLOP, the tenant's limits); 413/429 past a limit."""
-    n, s = inputs.count, clients.get().settings
+    n, s = inputs.count, connections.get().settings
     intake.check_count(n, "an audit" if options is not None else "a job")
     decode = inputs.pixels / 1e6 * s.decode_gflop_per_mpixel
     per_image = (intake.estimate(spec.methods, info, n, 1, options) + decode) / n
@@ -51,7 +51,7 @@ def create(job: str, kind: str, spec, info: dict, scope: str, inputs: Inputs, op
                     unit_size=size, units=units, pictures=pictures, options=options, created=time.time(),
                     cost=gflop)
     try:
-        clients.get().lifecycle.create(m, limits)
+        connections.get().lifecycle.create(m, limits)
     except LimitExceeded as e:
         intake.too_busy(e)
     return {"estimate": gflop, "limit": limits["max_job_gflop"], "skipped": [s.dump() for s in inputs.skipped]}
@@ -69,7 +69,7 @@ def label_function(labels: list | None, classes: list[str]):
 
 def relabel(inputs: Inputs, keys: Keys, job: str, label_of) -> None:
     """Labels that came after the images (a spec sent last): written into the index pages."""
-    st = clients.get().storage
+    st = connections.get().storage
     for page in range(math.ceil(inputs.count / inputs.page_size)):
         p = IndexPage.model_validate_json(st.get(keys.input_index(job, page)))
         for k, e in enumerate(p.entries):
@@ -81,7 +81,7 @@ def job_from_stream() -> tuple[str, dict]:
     """A multipart job: a `spec` field (best first) and image files of any field name."""
     job, keys = intake.new_id(), Keys(auth.current().tenant)
     spec = info = scope = intake_ = early = None
-    c = clients.get()
+    c = connections.get()
     try:
         for part in streaming.parts(c.settings.max_images_per_job + 16):
             if part.filename is None:
@@ -153,7 +153,7 @@ def job_from_uploads(spec: JobSpec) -> tuple[str, dict]:
 
 def audit_from_stream() -> tuple[str, dict]:
     """A multipart audit: a `spec` field first, then a `dataset` archive (zip or tar), kept whole."""
-    c = clients.get()
+    c = connections.get()
     job, keys = intake.new_id(), Keys(auth.current().tenant)
     spec = info = scope = None
     inputs = None
@@ -196,7 +196,7 @@ def archive_image(f, e, key: str, path: str, max_bytes: int) -> bytes:
 
 def archive_inputs(job: str, keys: Keys, spec: AuditSpec, info: dict, f, filename: str) -> Inputs:
     """Index a spooled archive (each image checked: CRC, header), then keep it whole."""
-    c = clients.get()
+    c = connections.get()
     size = f.seek(0, 2)
     kind, entries = datasets.archive_entries(f, size, filename)
     key = keys.input_archive(job, kind)
@@ -226,7 +226,7 @@ def audit_from_uploads(spec: AuditSpec) -> tuple[str, dict]:
         raise ApiError(422, "dataset: a folder of your uploads, like 'sets/val' (letters, digits, '.', '_', '-')")
     info, scope = intake.job_model(spec)
     job, keys = intake.new_id(), Keys(auth.current().tenant)
-    tree = datasets.class_tree(clients.get().storage, keys, spec.dataset.strip("/"))
+    tree = datasets.class_tree(connections.get().storage, keys, spec.dataset.strip("/"))
     intake.check_count(len(tree), "an audit")
     inputs = JobInputs(job, keys, spec.skip_invalid)
     try:

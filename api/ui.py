@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 
-from api import auth, clients, gallery, intake, records
+from api import auth, connections, gallery, intake, records
 from api.errors import ApiError
 from api.openapi import doc, multipart
 from shared.methods import METHODS
@@ -34,7 +34,7 @@ def local_path(target: str | None) -> str:
 @bp.after_request
 def _policy(resp: Response) -> Response:
     if resp.mimetype == "text/html":
-        s = clients.get().settings
+        s = connections.get().settings
         endpoint = urlparse(s.s3_public_endpoint or s.s3_endpoint)
         resp.headers.setdefault("Content-Security-Policy",
                                 POLICY.format(storage=f"{endpoint.scheme}://{endpoint.netloc}"))
@@ -84,7 +84,7 @@ def signin_page():
      html=True, redirects=True, errors=(400, 401, 413), tags=["pages"])
 def signin():
     """Sign in with a key (form field `key`, `next` a path of this site)."""
-    c = clients.get()
+    c = connections.get()
     key = request.form.get("key", "").strip()
     principal = c.tenants.principal(key) if key else None
     target = local_path(request.form.get("next"))
@@ -100,7 +100,7 @@ def signin():
 @doc(html=True, redirects=True, errors=(403,), tags=["pages"])
 def signout():
     """End the browser session."""
-    clients.get().tenants.close_session(request.cookies.get(auth.COOKIE, ""))
+    connections.get().tenants.close_session(request.cookies.get(auth.COOKIE, ""))
     resp = redirect(url_for("ui.signin_page"))
     resp.delete_cookie(auth.COOKIE)
     return resp
@@ -145,7 +145,7 @@ def job_page(job: str):
 @doc(html=True, redirects=True, errors=(403, 404), tags=["pages"])
 def cancel_page(job: str):
     """Cancel a job from its page (same-origin form)."""
-    records.cancel(job)
+    connections.get().lifecycle.cancel(job, records.state_of(job).tenant)
     return redirect(url_for("ui.job_page", job=job))
 
 
@@ -169,7 +169,7 @@ def audit_page(audit: str):
     state = records.audit_state(audit, page=True)
     report, examples, plots = None, [], {}
     if state["status"] == "succeeded":
-        st = clients.get().storage
+        st = connections.get().storage
         report = st.get_json(records.keys().report(audit, "json"))
         manifest = records.state_and_manifest(audit)[1]
         plots = {m: curve_plot(s.get("curves")) for m, s in report["per_method"].items()}
@@ -188,7 +188,7 @@ def report_html(audit: str):
     state = records.audit_state(audit, page=True)
     if state["status"] != "succeeded":
         raise ApiError(409, f"audit {audit} is {state['status']}; the report is written when it succeeds")
-    html = clients.get().storage.get(records.keys().report(audit, "html"))
+    html = connections.get().storage.get(records.keys().report(audit, "html"))
     resp = Response(html, mimetype="text/html")
     resp.headers["Content-Security-Policy"] = REPORT_POLICY
     return resp
@@ -199,7 +199,7 @@ def ready_models() -> list[dict]:
 
 
 def limits() -> dict:
-    s = clients.get().settings
+    s = connections.get().settings
     return {"max_images": s.max_images_per_job, "max_upload_mb": s.max_upload_mb}
 
 
@@ -215,7 +215,7 @@ def upload_folders() -> list[dict]:
     (read from the uploads' folder indexes, one per folder and upload request)."""
     found: dict[str, set] = {}
     k = records.keys()
-    for key in clients.get().storage.list(k.upload_indexes(), limit=10000):
+    for key in connections.get().storage.list(k.upload_indexes(), limit=10000):
         parts = (k.upload_folder(key) or "").split("/")
         if len(parts) >= 2:
             found.setdefault("/".join(parts[:-1]), set()).add(parts[-1])

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from flask import Blueprint, request, url_for
 
-from api import clients, datasets, intake, records, streaming
+from api import connections, datasets, intake, records, streaming
 from api.errors import ApiError
 from api.openapi import doc, multipart
 from shared.contracts import UploadedFile, UploadIndex
@@ -26,7 +26,7 @@ class Batch:
     """One upload request's files, shard by shard."""
 
     def __init__(self, keys):
-        self.keys, self.st = keys, clients.get().storage
+        self.keys, self.st = keys, connections.get().storage
         self.id = f"{time.time_ns():020d}-{secrets.token_hex(4)}"   # sorts by time
         self.shards: list[str] = []
         self.shard: TarShard | None = None
@@ -86,7 +86,7 @@ def upload():
     (e.g. `sets/val`); each is stored as `{folder}/{file name}`, where a file name may carry
     sub-folders (`cat/a.png`: a class-folder tree is mirrored) and replaces an earlier upload
     of that path. The same path twice in one request is refused."""
-    c = clients.get()
+    c = connections.get()
     request.max_content_length = int(c.settings.max_dataset_gb * 2**30)
     batch, folder = Batch(records.keys()), None
     try:
@@ -127,6 +127,6 @@ def list_uploads():
     folder, limit = q.folder.strip("/"), q.limit
     if folder and not valid_path(folder):
         raise ApiError(422, "folder: letters, digits, '.', '_', '-' separated by '/'")
-    paths = sorted(datasets.folder_files(clients.get().storage, records.keys(), folder, recursive=True))
+    paths = sorted(datasets.folder_files(connections.get().storage, records.keys(), folder, recursive=True))
     more = url_for("uploads.list_uploads", folder=folder, limit=limit * 2) if len(paths) > limit else None
     return {"paths": paths[:limit], "next": more}

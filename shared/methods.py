@@ -36,7 +36,7 @@ class Params(BaseModel):
 
 
 class SaliencyParams(Params):
-    """|d CrossEntropy / d input|, each image's map min-max normalised (as in the course exercise)."""
+    """|d CrossEntropy / d input|, each image's map min-max normalised on its own."""
 
 
 class FiltersParams(Params):
@@ -49,7 +49,7 @@ class FiltersParams(Params):
     lr: float = Field(default=1.0, gt=0, le=100, description="Adam learning rate")
     style: Literal["readable", "seed"] = Field(
         default="readable",
-        description="'seed': start from the first image, plain Adam (the course exercise); "
+        description="'seed': start from the first image, plain Adam, no regulariser; "
         "'readable': start from noise with jitter and a smoothness penalty",
     )
     seed: int = SEED
@@ -68,7 +68,7 @@ class LimeParams(Params):
     seed: int = SEED
     outputs: Literal["logits", "probabilities"] = Field(
         default="logits",
-        description="what the surrogate fits: the model's raw outputs (the course exercise's; min_weight=0.05 is on "
+        description="what the surrogate fits: the model's raw outputs (min_weight=0.05 is on "
         "that scale) or softmax probabilities (the lime package's convention)",
     )
     precision: Precision = FORWARD_PRECISION

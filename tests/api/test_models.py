@@ -36,7 +36,7 @@ def test_digits_model_lists_its_layers(http, digits_model):
 
 
 def test_food11_accepts_a_state_dict_from_the_course(http, digits_model):
-    """The course exercise saved torch.save(model.state_dict()); DataParallel adds 'module.'."""
+    """A state_dict saved with torch.save(model.state_dict()); DataParallel adds 'module.'."""
     from worker.models.architectures import Food11CNN
 
     sd = {f"module.{k}": v for k, v in Food11CNN().state_dict().items()}

@@ -91,7 +91,7 @@ def filter_explanation(model: nn.Module, images: torch.Tensor, layer: str, filte
     is channel k of the patch-token grid (N,D,h,w).
 
     style='seed': start from images[0], Adam(lr) on the pixels maximising
-    layer_output[:, k].sum(), no regulariser (the course exercise, filter by filter).
+    layer_output[:, k].sum(), no regulariser (the classic recipe, filter by filter).
     style='readable': start from low-amplitude noise in a 1/f frequency parametrisation,
     bounded to the images' per-channel value range by a sigmoid, a random translation
     each step, Adam(0.05 * lr) on the spectrum; deterministic given `seed`.

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 
 def normalize(t: torch.Tensor) -> torch.Tensor:
-    """Each item of the batch min-max scaled to [0, 1] on its own (the course exercise's
+    """Each item of the batch min-max scaled to [0, 1] on its own (the classic saliency
     `normalize`); a constant item becomes zeros instead of NaN."""
     flat = t.reshape(len(t), -1)
     lo = flat.min(1, keepdim=True).values

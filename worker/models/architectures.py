@@ -1,6 +1,6 @@
 """Built-in architectures, in plain torch.nn (module paths `cnn.N`, `fc.N`).
 
-`food11-cnn` is the course exercise's network, so a state_dict trained there loads as
+`food11-cnn` is the classic food-11 classifier, so a state_dict trained with its module names loads as
 is. `digits-cnn` is a small network of the same shape for scikit-learn's digits.
 """
 from __future__ import annotations
