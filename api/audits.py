@@ -56,5 +56,4 @@ def report_html(audit: str):
     if state["status"] != "succeeded":
         raise ApiError(409, f"audit {audit} is {state['status']}; the report is written when it succeeds")
     html = connections.get().storage.get(records.keys().report(audit, "html"))
-    return Response(html, mimetype="text/html", headers={"Content-Security-Policy": "sandbox; default-src 'none'; "
-                                                         "img-src data:; style-src 'unsafe-inline'"})
+    return Response(html, mimetype="text/html", headers={"Content-Security-Policy": auth.REPORT_POLICY})

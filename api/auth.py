@@ -22,9 +22,12 @@ COOKIE = "xaiq_session"
 # this site, data: URLs (the audit report's) and the storage endpoint (presigned URLs); no frames
 # of this site elsewhere. /docs adds the hash of its template's one inline script. No Referer ever:
 # it would carry a page's job id to the storage endpoint.
-CSP = ("default-src 'none'; script-src 'self'{scripts}; style-src 'self' 'unsafe-inline'; "
-       "img-src 'self' data: {storage}; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-       "base-uri 'none'")
+CSP = ("default-src 'none'; script-src 'self'{scripts}; style-src 'self'{styles}; img-src 'self' data:; "
+       "connect-src 'self'; frame-src 'self'; form-action 'self'; frame-ancestors 'self'; base-uri 'none'; "
+       "object-src 'none'")
+# report.html is the worker's self-contained page (inline CSS, data: pictures): sandboxed, no scripts, and
+# framed only by this site's audit page. A view that sets its own policy keeps it.
+REPORT_POLICY = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
 HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
 
@@ -102,13 +105,16 @@ def require_admin_key() -> Principal:
     return principal
 
 
-def content_security_policy(settings, resp) -> str:
-    storage = urlsplit(settings.s3_public_endpoint or settings.s3_endpoint)
-    scripts = ""
+def content_security_policy(resp) -> str:
+    """The pages' policy: scripts, styles and pictures of this site only (pictures and maps
+    are served by the API itself); /docs adds its template's one inline script (by hash) and
+    Swagger UI's inline styles."""
+    scripts = styles = ""
     if request.endpoint == "docs.docs_page":   # its template's own inline script; it renders no request data
         scripts = "".join(f" 'sha256-{base64.b64encode(hashlib.sha256(body).digest()).decode()}'"
                           for body in INLINE_SCRIPT.findall(resp.get_data()))
-    return CSP.format(scripts=scripts, storage=f"{storage.scheme}://{storage.netloc}")
+        styles = " 'unsafe-inline'"
+    return CSP.format(scripts=scripts, styles=styles)
 
 
 def identify() -> tuple[Principal | None, bool]:
@@ -141,5 +147,5 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _confine(resp):
         resp.headers.update(HEADERS)
-        resp.headers["Content-Security-Policy"] = content_security_policy(connections.get().settings, resp)
+        resp.headers.setdefault("Content-Security-Policy", content_security_policy(resp))
         return resp

@@ -3,18 +3,15 @@ clients and pages that build a job's parameters: each method's summary, the JSON
 of its parameters and the model formats it runs on."""
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from flask import Blueprint
 from pydantic import BaseModel, Field
 
 from api.openapi import doc
 from shared.methods import METHODS, Method
-from shared.schemas import ModelInfo
 
 bp = Blueprint("methods", __name__, url_prefix="/v1/methods")
-FORMATS = get_args(ModelInfo.model_fields["format"].annotation)
-NO_HOOKS = ("torchscript",)   # formats whose layers cannot be read through hooks
 
 
 class MethodInfo(BaseModel):
@@ -35,7 +32,7 @@ class MethodList(BaseModel):
 
 def describe(m: Method) -> dict:
     return {"name": m.name, "summary": m.summary, "parameters": m.params.model_json_schema(),
-            "formats": [f for f in FORMATS if not (m.uses_hooks and f in NO_HOOKS)],
+            "formats": m.formats,
             "attribution": m.attribution, "uses_hooks": m.uses_hooks, "layer_kind": m.layer_kind}
 
 

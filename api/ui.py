@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import time
 from datetime import datetime, timezone
-from urllib.parse import urlparse
 
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 
@@ -19,27 +18,9 @@ from shared.schemas import ARCHITECTURES, AuditOptions, NextQuery
 
 bp = Blueprint("ui", __name__)
 # Pages run only this site's scripts and styles; pictures also come from the storage's public endpoint.
-POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: {storage}; "
-          "connect-src 'self'; frame-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-          "frame-ancestors 'self'")
-# report.html is the worker's self-contained page (inline CSS, data: pictures): sandboxed, no scripts.
-REPORT_POLICY = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
-
-
 def local_path(target: str | None) -> str:
     """Where to go after signing in: a plain path of this site, else the jobs page (no open redirect)."""
     return auth.same_site_path(target) or url_for("ui.jobs_page")
-
-
-@bp.after_request
-def _policy(resp: Response) -> Response:
-    if resp.mimetype == "text/html":
-        s = connections.get().settings
-        endpoint = urlparse(s.s3_public_endpoint or s.s3_endpoint)
-        resp.headers.setdefault("Content-Security-Policy",
-                                POLICY.format(storage=f"{endpoint.scheme}://{endpoint.netloc}"))
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-    return resp
 
 
 @bp.app_template_filter("when")
@@ -189,9 +170,7 @@ def report_html(audit: str):
     if state["status"] != "succeeded":
         raise ApiError(409, f"audit {audit} is {state['status']}; the report is written when it succeeds")
     html = connections.get().storage.get(records.keys().report(audit, "html"))
-    resp = Response(html, mimetype="text/html")
-    resp.headers["Content-Security-Policy"] = REPORT_POLICY
-    return resp
+    return Response(html, mimetype="text/html", headers={"Content-Security-Policy": auth.REPORT_POLICY})
 
 
 def ready_models() -> list[dict]:

@@ -85,7 +85,7 @@ class JobManifest(Contract):
     inputs: Inputs
     unit_size: int
     units: int
-    pictures: bool = True        # write each image's pictures (audits: off by default)
+    pictures: bool = True        # write each image's pictures (false: raw maps only)
     options: dict[str, Any] | None = None   # an audit's options
     created: float
     cost: float = 0.0            # the estimate, GFLOP

@@ -208,6 +208,11 @@ class Method:
         return (self.params.__doc__ or "").strip().splitlines()[0]
 
     @property
+    def formats(self) -> list[str]:
+        """The model formats whose mechanics allow it (what it needs, each format has)."""
+        return [f.name for f in MODEL_FORMATS.values() if all(getattr(f, need) for need in self.needs)]
+
+    @property
     def uses_hooks(self) -> bool:
         """Whether it registers hooks on the model's modules (it needs 'hooks' or 'modules')."""
         return bool(self.needs)

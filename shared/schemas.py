@@ -320,7 +320,8 @@ class AuditSpec(Strict):
     options: AuditOptions = Field(default_factory=AuditOptions)
     name: str | None = Field(default=None, max_length=200)
     unit_size: int | None = Field(default=None, ge=1, le=4096)
-    pictures: bool = Field(default=False, description="also write each image's pictures (an audit needs maps only)")
+    pictures: bool = Field(default=True, description="write each image's pictures (false: maps and metrics only, "
+                                                     "which is all an audit's report needs)")
     skip_invalid: bool = Field(default=False, description="leave unreadable files out (listed in `skipped`)")
 
     @field_validator("methods")
