@@ -18,6 +18,8 @@ import types
 def _stand_in_for_torchvision() -> None:
     if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is not None:
         return
+    from importlib.machinery import ModuleSpec
+
     from torch import nn
 
     resnet = types.ModuleType("torchvision.models.resnet")
@@ -27,7 +29,9 @@ def _stand_in_for_torchvision() -> None:
     models.resnet = resnet
     root = types.ModuleType("torchvision")
     root.models = models
-    sys.modules.update({"torchvision": root, "torchvision.models": models, "torchvision.models.resnet": resnet})
+    for name, module in (("torchvision", root), ("torchvision.models", models), ("torchvision.models.resnet", resnet)):
+        module.__spec__ = ModuleSpec(name, None)   # find_spec works (packages that probe for torchvision ask it)
+        sys.modules[name] = module
 
 
 def zennit():

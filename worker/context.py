@@ -164,9 +164,12 @@ class WorkerContext(Backends):
             return data
 
         s = self.settings
-        load = {"device": s.device, "options": {"fold_batchnorm": s.fold_batchnorm,
-                                                   "channels_last": s.channels_last, "compile": s.compile},
-                "sizes": self.batch_sizes.of(self.content_key(info)), "measure_s": s.batch_measure_s}
+
+        def load() -> dict:
+            return {"device": s.device, "options": {"fold_batchnorm": s.fold_batchnorm,
+                                                    "channels_last": s.channels_last, "compile": s.compile},
+                    "sizes": self.batch_sizes.of(self.content_key(info)), "measure_s": s.batch_measure_s}
+
         budget = Budget(seconds=s.model_inspect_timeout_s + s.compute_grace_s, memory_mb=s.compute_memory_mb)
         key = model_key(m.tenant, keys.tenant, m.model, m.model_version)
         return self.compute_pool.get(key, info, weights, load, budget, threads=s.torch_threads or (os.cpu_count() or 1))

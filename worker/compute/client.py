@@ -136,9 +136,10 @@ class ComputePool:
         self.warm, self.use_zygote = warm, use_zygote
         self.procs: OrderedDict[tuple, Compute] = OrderedDict()
 
-    def get(self, key: tuple, info: dict, weights: Callable[[], bytes], load: dict, budget: Budget,
+    def get(self, key: tuple, info: dict, weights: Callable[[], bytes], load: Callable[[], dict], budget: Budget,
             threads: int) -> Compute:
-        """The process holding this model, started and loaded (within `budget`) if need be."""
+        """The process holding this model, started and loaded (within `budget`) if need be
+        (`weights()` and `load()`, the load's settings, are only asked for then)."""
         proc = self.procs.get(key)
         if proc is not None and proc.alive():
             self.procs.move_to_end(key)
@@ -148,7 +149,7 @@ class ComputePool:
         child = confine.spawn(limits, f"model {info.get('name')!r}", warm=self.use_zygote)
         proc = Compute(child, limits)
         data = weights()
-        header = {"op": "load", "info": info, **load}
+        header = {"op": "load", "info": info, **load()}
         for _ in proc.call(header, {"weights": np.frombuffer(data, np.uint8)}, budget):
             pass
         self.procs[key] = proc

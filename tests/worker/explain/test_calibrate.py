@@ -91,18 +91,21 @@ def test_the_default_never_runs_the_model(shape, grad, want):
 
 
 def test_redis_shares_measured_sizes_between_workers(redis_url):
+    import uuid
+
     import redis
 
+    from shared.redis_keys import RedisKeys
     from worker.context import RedisSizes
 
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    r.delete(RedisSizes.KEY)
-    a, b = RedisSizes(r), RedisSizes(r)
-    assert b.get("m|3x8x8|cpu|forward|fp32") is None
-    a.set("m|3x8x8|cpu|forward|fp32", 64)
-    assert b.get("m|3x8x8|cpu|forward|fp32") == 64
-    r.delete(RedisSizes.KEY)
-    assert b.get("m|3x8x8|cpu|forward|fp32") == 64   # kept in the process once read
+    key = RedisKeys(f"test{uuid.uuid4().hex[:8]}").batch_sizes     # keys of its own
+    a, b = RedisSizes(r, key), RedisSizes(r, key)
+    assert b.of("m") == {}
+    a.file({"m|3x8x8|cpu|forward|fp32": 64, "other|3x8x8|cpu|forward|fp32": 8})
+    assert b.of("m") == {"m|3x8x8|cpu|forward|fp32": 64}      # another worker reads the model's own
+    r.delete(key)
+    assert b.of("m") == {"m|3x8x8|cpu|forward|fp32": 64}      # kept in the process once read
 
 
 @pytest.mark.parametrize("method, params", [
