@@ -64,7 +64,8 @@ class JobLifecycle:
 
     # --- cancelled, ended
     def cancel(self, job: str, tenant: str) -> None:
-        """No unit starts afterwards, running ones stop at their next batch; ended here when
+        """No unit starts afterwards; a running one stops at once (the broker, asking between
+        answers and while it waits, kills its compute process); ended here when
         none runs. Its waiting items are dropped."""
         if self.b.jobs.cancel(job, tenant) == "cancelled":
             self.end(job, JobStatus.CANCELLED)

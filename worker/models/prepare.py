@@ -1,4 +1,4 @@
-"""Models prepared once per worker process for forward-only passes (LIME's scoring, audit
+"""Models prepared once per compute process for forward-only passes (LIME's scoring, audit
 curves, predictions): per dtype one copy with eval-mode batch norm folded into the
 convolution before it, NHWC weights for convolutional models and, if asked, torch.compile
 (or CUDA graphs). Gradients, hooks and layer methods keep the original module. A run passes

@@ -1,4 +1,4 @@
-"""A registered model version checked by the confined inspection (`sandbox`), the verdict
+"""A registered model version checked by the confined inspection (`worker.compute.client.inspect_untrusted`), the verdict
 recorded in the version's record (through `shared.models.ModelRecords`, the records' one
 owner)."""
 from __future__ import annotations
