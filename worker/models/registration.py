@@ -1,6 +1,6 @@
-"""A registered model version checked by the confined inspection (`worker.compute.client.inspect_untrusted`), the verdict
-recorded in the version's record (through `shared.models.ModelRecords`, the records' one
-owner)."""
+"""A registered model version checked by the confined inspection
+(`worker.compute.client.inspect_untrusted`), the verdict recorded in the version's record
+(through `shared.models.ModelRecords`, the records' one owner)."""
 from __future__ import annotations
 
 import hashlib
