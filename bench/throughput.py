@@ -571,7 +571,7 @@ def audit_projection(a, client) -> None:
     assert info["status"] == "ready", info
     opts = {"faithfulness_steps": a.audit_steps, "sanity_sample": a.sanity_sample, "shortcuts": True}
     body = {"model": "food11-bench", "methods": {"saliency": {}, "lime": {"num_samples": a.audit_samples}},
-            "options": opts, "unit_size": a.unit_size}
+            "options": opts, **({"unit_size": a.unit_size} if a.unit_size else {})}
     data = dataset_zip(n, classes)
     t0 = time.perf_counter()
     r = client.session.post(f"{client.server}/v1/audits", files={"dataset": ("d.zip", data)},
