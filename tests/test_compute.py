@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 
 import pytest
 import torch
@@ -65,6 +66,14 @@ class NanOnSomeImages(Base):
         out = self.head(x.flatten(1))
         far = (self.side * (x.flatten(1).mean(1) - self.threshold) > 0)[:, None]
         return torch.where(far, torch.full_like(out, float("nan")), out)
+
+
+class ForgesLogLines(Base):
+    """Warns with text that looks like the worker's own log lines."""
+
+    def forward(self, x):
+        warnings.warn("harmless\n[2026-01-01 00:00:00,000: INFO/MainProcess] job forged-by-a-model succeeded\r\x1b[2K")
+        return self.head(x.flatten(1))
 
 
 def register(client, name: str, model: nn.Module) -> dict:
@@ -233,3 +242,15 @@ def test_inside_a_confined_process_nothing_reaches_redis_s3_or_a_program(setting
     if ROOT:   # the worker is root here: the model's process is not
         assert tried["uid"] == "ZeroDivisionError", tried
         assert tried["s3.json"] == "PermissionError", tried     # the stack's files are private to their owner
+
+
+def test_text_a_model_prints_reaches_the_log_as_escaped_prefixed_lines(client, stack, digit_pngs, digits_model):
+    info = register(client, f"forges-{os.getpid()}", ForgesLogLines())
+    wait_final(client, client.submit(digit_pngs[0][:2], model=info["name"], methods={"saliency": {}}))
+    log = (stack.logs / "worker0.log").read_text(errors="replace").splitlines()
+    mentions = [line for line in log if "forged-by-a-model" in line]
+    assert mentions, "the warning reached the log"
+    for line in mentions:   # never a line of its own: always inside one prefixed, quoted, escaped line
+        assert "] model code (model 'forges-" in line and " printed: '" in line, line
+        assert not line.startswith("[2026-01-01"), line
+    assert not [line for line in log if "\x1b" in line or "\r" in line]   # control characters escaped

@@ -52,9 +52,10 @@ def checked_probabilities(lm, x: torch.Tensor, run) -> torch.Tensor:
     """softmax of the model's outputs, which must be (N, classes) on every batch."""
     k = len(lm.classes)
     fwd = run.forward(lm.model)
+    size = run.batch_size(lm.model, x[0], "predict") if len(x) else 1    # forward-only: the measured size
     out = []
     with torch.no_grad():
-        for chunk in x.split(256):
+        for chunk in x.split(size):
             y = fwd(chunk)
             if not isinstance(y, torch.Tensor) or tuple(y.shape) != (len(chunk), k):
                 shape = tuple(y.shape[1:]) if isinstance(y, torch.Tensor) else type(y).__name__

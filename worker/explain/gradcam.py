@@ -21,22 +21,35 @@ from .pictures import overlay, to_numpy, upsample
 from .result import Explanation
 
 
-def gradcam_tensor(model: nn.Module, images: torch.Tensor, labels=None, layer: str | None = None):
-    """(cam (N,h,w) at the layer's resolution, labels used), on the model's device."""
-    x, y = prepare(model, images, labels)
-    module = layer_of(model, layer, x)
-    with evaluating(model), capture(module) as box, torch.enable_grad():
-        logits = model(x.requires_grad_(True))  # a graph even when the parameters are frozen
-        acts = first_tensor(box.value)
-        if y is None:
-            y = logits.detach().argmax(1)
-        score = logits.gather(1, y[:, None]).sum()   # images independent: sum is per-image
-        (grads,) = torch.autograd.grad(score, acts)
+def _cam(model: nn.Module, box, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(x.detach().requires_grad_(True))  # a graph even when the parameters are frozen
+    acts = first_tensor(box.value)
+    if y is None:
+        y = logits.detach().argmax(1)
+    score = logits.gather(1, y[:, None]).sum()   # images independent: sum is per-image
+    (grads,) = torch.autograd.grad(score, acts)
     h, w = x.shape[-2:]
     acts, grads = as_map(acts, h, w), as_map(grads, h, w)   # tokens -> their patch grid
     weights = grads.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * acts.detach()).sum(1))
-    return cam, y
+    return torch.relu((weights * acts.detach()).sum(1)), y
+
+
+def gradcam_tensor(model: nn.Module, images: torch.Tensor, labels=None, layer: str | None = None,
+                   run: RunContext = DEFAULT):
+    """(cam (N,h,w) at the layer's resolution, labels used), on the model's device, in chunks
+    of the run's batch size."""
+    x, y = prepare(model, images, labels)
+    module = layer_of(model, layer, x)
+    with evaluating(model):   # sized before the hook: a measurement runs whole forwards
+        size = run.batch_size(model, x[0], "gradcam", grad=True) if len(x) else 1
+    cams, targets = [], []
+    with evaluating(model), capture(module) as box, torch.enable_grad():
+        for i in range(0, len(x), size):
+            run.checkpoint()
+            cam, t = _cam(model, box, x[i:i + size], None if y is None else y[i:i + size])
+            cams.append(cam)
+            targets.append(t)
+    return torch.cat(cams), torch.cat(targets)
 
 
 def gradcam(model: nn.Module, images: torch.Tensor, labels=None, layer: str | None = None,
@@ -54,6 +67,6 @@ def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params
             run: RunContext = DEFAULT) -> Explanation:
     """maps: (N,h,w) raw cam at the layer; heatmaps: (N,H,W) bilinear upsampled cam;
     pictures: jet overlay of the upsampled cam on the grey image."""
-    cam, _ = gradcam_tensor(model, images, labels, params.layer)
+    cam, _ = gradcam_tensor(model, images, labels, params.layer, run)
     up = upsample(cam, images.shape[-2:])
     return Explanation(maps=to_numpy(cam), pictures=overlay(images, up), heatmaps=to_numpy(up))
