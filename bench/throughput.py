@@ -376,6 +376,7 @@ def bench_service(a) -> None:
         register_digits(client)
         print(f"   (stack up and digits-cnn registered in {time.perf_counter() - t0:.1f} s)", flush=True)
         overhead(a, stack, client)
+        boundary(a)
         flat_memory(a, stack, client)
         s3_put(a, stack)
         audit_projection(a, client)
@@ -530,6 +531,56 @@ def flat_memory(a, stack, client) -> None:
            met=api_l / api_s <= 1.25, small_mb=round(api_s, 1), large_mb=round(api_l, 1))
     record("service", f"worker peak RSS, {large} / {small} images (flat: 1)", wk_l / wk_s, "", target="<= 1.25",
            met=wk_l / wk_s <= 1.25, small_mb=round(wk_s, 1), large_mb=round(wk_l, 1))
+
+
+def boundary(a) -> None:
+    """What the broker/compute split costs: a 1,024-image unit's prediction and saliency (maps
+    and pictures) through a confined compute process (pixels and results over its channel) vs
+    the same work in this process, same threads, interleaved."""
+    from worker import explain as E
+    from worker.compute.client import Budget, ComputePool
+    from worker.compute.ops import as_bytes, checked_probabilities
+    from worker.explain.calibrate import MeasuredSizes, MemoryStore
+    from worker.images import standardize
+    from worker.models import digits
+    from worker.models.loading import LoadedModel, build_model
+    from worker.models.prepare import prepare
+
+    info = {**digits.manifest(), "format": "safetensors", "name": "digits-cnn", "version": "bench"}
+    data = (digits.WEIGHTS / "digits-cnn.safetensors").read_bytes()
+    rng = np.random.default_rng(0)
+    pixels = rng.random((a.images, 1, 32, 32), dtype=np.float32)
+    model = build_model(info, data)
+    lm = LoadedModel(model, info, torch.device("cpu"), prepare(model))
+    store = MemoryStore()
+    run = lm.run(sizes=MeasuredSizes(store, "digits", budget_s=a.budget, run=lm.run()))
+    pool = ComputePool(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(a.service_threads)
+    try:
+        proc = pool.get(("bench", "", "digits-cnn", "bench"), info, lambda: data,
+                        lambda: {"device": "cpu", "options": {}, "sizes": {}, "measure_s": a.budget},
+                        Budget(600, 8192), threads=a.service_threads)
+        header = {"op": "unit", "methods": {"saliency": {}}, "pictures": True, "targets": None, "audit": None}
+
+        def here():
+            x = torch.from_numpy(standardize(pixels, info))
+            probs = checked_probabilities(lm, x, run)
+            r = E.run("saliency", model, x, probs.argmax(1), {}, run)
+            as_bytes(r.pictures), np.asarray(r.maps, np.float32)
+
+        def there():
+            for _ in proc.call(header, {"pixels": pixels}, Budget(600, 8192)):
+                pass
+        here(), there()   # each measures its batch sizes once
+        t = interleaved({"in this process": here, "through the compute process": there}, a.repeats + 2, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+        pool.close()
+    ratio = median(t["through the compute process"]) / median(t["in this process"])
+    record("service", f"a {a.images}-image unit's prediction and saliency through the confined compute process / "
+           "in the broker's own process", median(t["through the compute process"]), "s",
+           baseline=median(t["in this process"]), ratio=ratio, target="<= 1.05", met=ratio <= 1.05, runs=t)
 
 
 def s3_put(a, stack) -> None:

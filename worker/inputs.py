@@ -62,30 +62,63 @@ def entries(ctx: "WorkerContext", m: JobManifest, indices: list[int]) -> list[In
     return out
 
 
-def read_images(ctx: "WorkerContext", m: JobManifest, info: dict, indices: list[int]) -> Batch:
-    """Images `indices` of a job, decoded to the model's input size."""
+@dataclass
+class Raw:
+    """An image's index entry and its bytes (or why they could not be read)."""
+
+    index: int
+    entry: InputEntry
+    data: bytes | None
+    error: str | None = None
+
+
+def fetch(ctx: "WorkerContext", m: JobManifest, indices: list[int]) -> list[Raw]:
+    """The bytes of images `indices`: the fewest ranged requests that cover them, in the I/O
+    threads; a deflated entry inflated (never past `max_image_mb`)."""
     found = entries(ctx, m, indices)
-    limit = ctx.settings.max_image_pixels
     max_bytes = ctx.settings.max_image_mb << 20
     reads = plan_reads(found, m.inputs.sources)
     datas = list(ctx.io.map(lambda r: ctx.storage.get_range(r.key, r.start, r.end), reads))
+    out: list[Raw | None] = [None] * len(found)
+    for read, data in zip(reads, datas):
+        for pos, e in read.entries:
+            try:
+                out[pos] = Raw(indices[pos], e, entry_bytes(read, data, e, max_bytes))
+            except ValueError as err:
+                out[pos] = Raw(indices[pos], e, None, f"cannot read input {e.name[:200]!r}: {err}")
+    return out
 
-    def decode(job):
-        read, data, e = job
+
+def decode(raws: list[Raw], info: dict, max_pixels: int) -> Batch:
+    """The images decoded to the model's input size, one after another (callers run several
+    of these side by side)."""
+    ok, errors = [], {r.index: r.error for r in raws if r.error}
+    for r in raws:
+        if r.data is None:
+            continue
         try:
-            return images.decode(entry_bytes(read, data, e, max_bytes), info, limit)
+            ok.append((r, *images.decode(r.data, info, max_pixels)))
         except Exception as err:  # noqa: BLE001 - one bad input fails one item, not the unit
-            return f"cannot read input {e.name[:200]!r}: {type(err).__name__}"
-
-    jobs = [(pos, (read, data, e)) for read, data in zip(reads, datas) for pos, e in read.entries]
-    decoded = dict(zip((pos for pos, _ in jobs), ctx.io.map(decode, [j for _, j in jobs])))
-    ok = [p for p in range(len(found)) if not isinstance(decoded[p], str)]
-    return Batch(indices=[indices[p] for p in ok], names=[found[p].name for p in ok],
-                 sizes=[decoded[p][1] for p in ok], labels=[found[p].label for p in ok],
-                 pixels=np.stack([decoded[p][0] for p in ok]) if ok else np.zeros((0,), np.float32),
-                 errors={indices[p]: decoded[p] for p in range(len(found)) if isinstance(decoded[p], str)},
-                 all_names={i: e.name for i, e in zip(indices, found)})
+            errors[r.index] = f"cannot read input {r.entry.name[:200]!r}: {type(err).__name__}"
+    return Batch(indices=[r.index for r, _, _ in ok], names=[r.entry.name for r, _, _ in ok],
+                 sizes=[size for _, _, size in ok], labels=[r.entry.label for r, _, _ in ok],
+                 pixels=np.stack([px for _, px, _ in ok]) if ok else np.zeros((0,), np.float32),
+                 errors=errors, all_names={r.index: r.entry.name for r in raws})
 
 
-def read_batch(ctx: "WorkerContext", m: JobManifest, info: dict, first: int, count: int) -> Batch:
-    return read_images(ctx, m, info, list(range(first, first + count)))
+def read_images(ctx: "WorkerContext", m: JobManifest, info: dict, indices: list[int]) -> Batch:
+    """Images `indices` of a job, decoded to the model's input size (in the I/O threads, in
+    parts side by side)."""
+    raws = fetch(ctx, m, indices)
+    parts = [raws[i:i + 64] for i in range(0, len(raws), 64)]
+    batches = list(ctx.io.map(lambda p: decode(p, info, ctx.settings.max_image_pixels), parts))
+    return join(batches)
+
+
+def join(batches: list[Batch]) -> Batch:
+    pixels = [b.pixels for b in batches if len(b.indices)]
+    return Batch(indices=[i for b in batches for i in b.indices], names=[n for b in batches for n in b.names],
+                 sizes=[z for b in batches for z in b.sizes], labels=[x for b in batches for x in b.labels],
+                 pixels=np.concatenate(pixels) if pixels else np.zeros((0,), np.float32),
+                 errors={k: v for b in batches for k, v in b.errors.items()},
+                 all_names={k: v for b in batches for k, v in b.all_names.items()})

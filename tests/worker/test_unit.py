@@ -144,7 +144,8 @@ def test_a_unit_reports_its_pace_and_files_its_batch_sizes(ctx, unit_model, digi
     assert chosen in ("fp32", "bf16", "fp16")
     assert {"lime", "predict", "unit", "device_busy", "storage_requests"} <= set(timings)
     assert 0 < timings["device_busy"] <= 1 and timings["unit"] >= timings["lime"]
-    assert timings["storage_requests"] <= 8    # constant per unit, not per image
+    assert timings["storage_requests"] <= 12   # a constant per unit (manifest, index, model and weights once, one
+    #                                            ranged read, maps, pictures, extras, records), not per image
     filed = ctx.jobs.r.hgetall(ctx.keys.batch_sizes)      # measured once, for every worker
     assert [k.split("|")[3:] for k in filed] == [["forward", chosen]] and int(next(iter(filed.values()))) >= 1
 
