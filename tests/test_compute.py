@@ -6,6 +6,7 @@ no credentials, runs unprivileged and can open no socket and start no program.""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import warnings
@@ -69,10 +70,13 @@ class NanOnSomeImages(Base):
 
 
 class ForgesLogLines(Base):
-    """Warns with text that looks like the worker's own log lines."""
+    """Warns with text that looks like the worker's own log lines. (Model code cannot carry a
+    CR or an escape: TorchScript cannot load them back from a constant, and `chr` and `print`
+    are not among the operators an uploaded model may use; `test_output_log_escapes...` covers
+    them.)"""
 
     def forward(self, x):
-        warnings.warn("harmless\n[2026-01-01 00:00:00,000: INFO/MainProcess] job forged-by-a-model succeeded\r\x1b[2K")
+        warnings.warn("harmless\n[2026-01-01 00:00:00,000: INFO/MainProcess] job forged-by-a-model succeeded")
         return self.head(x.flatten(1))
 
 
@@ -82,7 +86,7 @@ def register(client, name: str, model: nn.Module) -> dict:
                             data={"spec": json.dumps({**SPEC, "name": name})}, timeout=30)
     assert r.status_code == 202, r.text
     info = wait_until(lambda: (i := client.model(name))["status"] != "registering" and i, 120, f"{name} checked")
-    assert info["status"] == "ready", info      # all-zero probes do not show what it does
+    assert info["status"] == "ready", info.get("error", info)      # all-zero probes do not show what it does
     return info
 
 
@@ -253,4 +257,26 @@ def test_text_a_model_prints_reaches_the_log_as_escaped_prefixed_lines(client, s
     for line in mentions:   # never a line of its own: always inside one prefixed, quoted, escaped line
         assert "] model code (model 'forges-" in line and " printed: '" in line, line
         assert not line.startswith("[2026-01-01"), line
-    assert not [line for line in log if "\x1b" in line or "\r" in line]   # control characters escaped
+
+
+def test_output_log_escapes_control_characters_and_prefixes_every_line():
+    from worker.confine import OutputLog
+
+    records = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger(f"xaiq-test-output-{os.getpid()}")
+    logger.addHandler(Collect())
+    logger.setLevel(logging.INFO)
+    r, w = os.pipe()
+    out = OutputLog(r, "model 'm'", logger)
+    os.write(w, b"ok\r\x1b[2K[2026-01-01 00:00:00,000: INFO/MainProcess] forged\nsecond\xff")
+    os.close(w)
+    out.join(5)
+    assert len(records) == 2, records
+    assert all(m.startswith("model code (model 'm') printed: '") for m in records), records
+    assert not [m for m in records if "\x1b" in m or "\r" in m or "\n" in m], records
+    assert "\\x1b[2K" in records[0] and "\\r" in records[0] and "second" in records[1]
