@@ -43,6 +43,7 @@ from shared.settings import Settings
 MISSING = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")  # S3 error codes of an absent object
 BUSY = ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout")  # S3 error codes worth a retry
 API_RETRY_S = 2.0   # the API's retry budget, in units of `api_wait_s`; workers wait `storage_retry_s`
+BULK_BYTES = 1 << 20  # writes this large wait `storage_timeout_s` per attempt, in the API too
 
 
 class StorageUnavailable(Exception):
@@ -81,17 +82,19 @@ def release_waiting() -> None:
                 conn.sock.shutdown(socket.SHUT_RDWR)
 
 
-def _client(endpoint: str, s: Settings, patient: bool) -> Minio:
+def _client(endpoint: str, s: Settings, patient: bool, bulk: bool = False) -> Minio:
     """Workers wait `storage_timeout_s` per request and let urllib3 retry once; the API waits
-    `api_wait_s`, leaves every retry to `Storage._call`, which keeps to its budget, and its
-    connections can be released (`release_waiting`)."""
+    `api_wait_s` (for a bulk write, the server's answer after megabytes: `storage_timeout_s`),
+    leaves every retry to `Storage._call`, which keeps to its budget, and its connections can
+    be released (`release_waiting`)."""
     url = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
     if patient:
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=min(2.0, s.storage_timeout_s), read=s.storage_timeout_s), maxsize=16,
             retries=urllib3.Retry(total=1, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]))
     else:
-        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=s.api_wait_s, read=s.api_wait_s), maxsize=16,
+        wait = max(s.api_wait_s, s.storage_timeout_s) if bulk else s.api_wait_s
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=s.api_wait_s, read=wait), maxsize=16,
                                    retries=urllib3.Retry(total=0, redirect=False))
         http.pool_classes_by_scheme = {"http": _Pool, "https": _SecurePool}
     return Minio(
@@ -123,13 +126,23 @@ class Storage:
         self.attempt_s = s.storage_timeout_s if patient else s.api_wait_s   # one attempt's longest wait
         self.down = down or (lambda: "")
         self.client = _client(s.s3_endpoint, s, patient)
+        self.bulk = self.client if patient else _client(s.s3_endpoint, s, patient, bulk=True)
+        self.bulk_attempt_s = max(self.attempt_s, s.storage_timeout_s)
         # Presigned URLs sign the Host header: sign them for the endpoint clients use.
         self.public = _client(s.s3_public_endpoint, s, patient) if s.s3_public_endpoint else self.client
         self.requests = 0            # requests sent by this process (/metrics, the benchmark)
         self._counting = threading.Lock()
 
     def _call(self, fn, *args, **kw):
-        deadline, delay = time.monotonic() + self.retry_s, 0.25
+        return self._retrying(lambda: fn(*args, **kw), self.retry_s, self.attempt_s)
+
+    def _call_bulk(self, fn):
+        """A large write: each attempt may wait `bulk_attempt_s` for the server's answer, and
+        the budget holds at least one retry of that length."""
+        return self._retrying(fn, max(self.retry_s, 2 * self.bulk_attempt_s), self.bulk_attempt_s)
+
+    def _retrying(self, fn, retry_s: float, attempt_s: float):
+        deadline, delay = time.monotonic() + retry_s, 0.25
         while True:
             with self._counting:
                 self.requests += 1
@@ -137,12 +150,12 @@ class Storage:
             if why:
                 raise StorageUnavailable(why)
             try:
-                return fn(*args, **kw)
+                return fn()
             except Exception as e:  # noqa: BLE001 - sorted by _transient
                 if not _transient(e):
                     raise
                 why = self.down()
-                if why or time.monotonic() + delay + self.attempt_s > deadline:
+                if why or time.monotonic() + delay + attempt_s > deadline:
                     raise StorageUnavailable(why or f"storage did not answer: {type(e).__name__}") from e
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -156,9 +169,13 @@ class Storage:
                 raise
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self._call(lambda: self.client.put_object(
-            bucket_name=self.bucket, object_name=key, data=io.BytesIO(data), length=len(data),
-            content_type=content_type))
+        bulk = len(data) >= BULK_BYTES
+
+        def put():
+            (self.bulk if bulk else self.client).put_object(
+                bucket_name=self.bucket, object_name=key, data=io.BytesIO(data), length=len(data),
+                content_type=content_type)
+        return self._call_bulk(put) if bulk else self._call(put)
 
     def put_json(self, key: str, obj) -> None:
         self.put(key, json.dumps(obj, indent=1, allow_nan=False).encode(), "application/json")
@@ -167,9 +184,9 @@ class Storage:
         """A seekable file of `size` bytes, in parts when it is large (a retry starts over)."""
         def put():
             f.seek(0)
-            self.client.put_object(bucket_name=self.bucket, object_name=key, data=f, length=size,
-                                   content_type=content_type, part_size=64 << 20)
-        self._call(put)
+            self.bulk.put_object(bucket_name=self.bucket, object_name=key, data=f, length=size,
+                                 content_type=content_type, part_size=64 << 20)
+        self._call_bulk(put)
 
     def _get(self, key: str, start: int = 0, length: int = 0) -> bytes:
         resp = self.client.get_object(bucket_name=self.bucket, object_name=key, offset=start, length=length)
