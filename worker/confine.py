@@ -313,8 +313,8 @@ def resident_mb(pid: int) -> float:
 def raise_cpu_limit(pid: int, seconds: float) -> None:
     """Let a confined child use `seconds` more CPU time from now: a backstop under the wall
     deadline (each thread's time counts). Soft and hard alike, so the child cannot raise it
-    itself; only a root broker may raise a hard limit (a non-root one gives its children a
-    lifetime budget instead, see `cpu_budget`)."""
+    itself; only a broker with CAP_SYS_RESOURCE may raise a hard limit (one without gives its
+    children a lifetime budget instead, see `cpu_budget`)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -325,10 +325,21 @@ def raise_cpu_limit(pid: int, seconds: float) -> None:
         pass   # gone (its channel says so), or not ours to raise
 
 
+def may_raise_limits() -> bool:
+    """Whether this process may raise another's hard limits: CAP_SYS_RESOURCE in its effective
+    set (root in a container often lacks it; being uid 0 is not enough)."""
+    try:
+        with open("/proc/self/status") as f:
+            caps = next(line for line in f if line.startswith("CapEff:"))
+        return bool(int(caps.split()[1], 16) >> 24 & 1)
+    except (OSError, StopIteration, ValueError, IndexError):
+        return False
+
+
 def cpu_budget(first_s: float) -> int:
-    """A child's first CPU limit: `first_s` when this broker can raise it per batch (root),
-    else a lifetime budget of a day (the wall deadlines still apply)."""
-    return int(first_s) + 1 if os.geteuid() == 0 else 24 * 3600
+    """A child's first CPU limit: `first_s` when this broker can raise it per batch
+    (CAP_SYS_RESOURCE), else a lifetime budget of a day (the wall deadlines still apply)."""
+    return int(first_s) + 1 if may_raise_limits() else 24 * 3600
 
 
 # --- children: a handle the broker holds -----------------------------------------------------

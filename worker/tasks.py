@@ -118,6 +118,8 @@ def write_report(ctx: WorkerContext, item: WorkItem) -> dict:
     m = ctx.manifest(item.tenant, item.job)
     keys, st, info = Keys(m.tenant), ctx.storage, ctx.model_info(m)
     partials = {f"partial:{i}": st.get(k) for i, k in enumerate(sorted(st.list(keys.audit_partials(m.id))))}
+    if not partials:
+        raise ComputeFailed("no image of the audit was explained: there is nothing to report", killed=False)
 
     def answer(question: dict) -> tuple[dict, dict]:
         wanted = [int(i) for i in question.get("indices", []) if 0 <= int(i) < m.inputs.count][:4096]

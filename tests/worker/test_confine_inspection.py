@@ -394,3 +394,28 @@ def test_check_torchscript_sees_forward_setstate_and_hooks(files):
     hooked.register_forward_pre_hook(_pre_hook_reads)
     with pytest.raises(ForbiddenOperator, match="aten::from_file"):
         check_torchscript(torch.jit.script(hooked))
+
+
+def test_a_warm_child_gets_the_cpu_time_of_each_call(tmp_path):
+    """The broker raises a child's CPU limit before each call; where it may not raise a hard
+    limit (root without CAP_SYS_RESOURCE, as in many containers) the child's first limit is a
+    lifetime budget. Either way a child that has worked past its first budget is not killed
+    by it (a warm compute process was, after 121 CPU-seconds over several units)."""
+    import resource
+    import subprocess
+    import sys
+
+    from worker import confine
+
+    first = confine.cpu_budget(5)
+    child = subprocess.Popen([sys.executable, "-c", "import resource, time; resource.setrlimit("
+                              f"resource.RLIMIT_CPU, ({first}, {first})); print('ok', flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ok"
+        confine.raise_cpu_limit(child.pid, 600)
+        soft, hard = resource.prlimit(child.pid, resource.RLIMIT_CPU)
+        assert soft >= 600 and hard >= 600, (soft, hard, confine.may_raise_limits())
+    finally:
+        child.kill()
+        child.wait()
