@@ -17,6 +17,8 @@ import requests
 
 from tests.conftest import wait_until
 
+pytestmark = pytest.mark.stack      # each test starts a stack of its own
+
 LIME = {"lime": {"num_samples": 300, "n_segments": 40}}
 
 

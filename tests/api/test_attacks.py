@@ -375,6 +375,7 @@ def report(part: str, m: dict) -> None:
           f"{m['noticed_s']:.2f} s after it hung; served again {m['recovered_s']:.1f} s after it resumed")
 
 
+@pytest.mark.stack    # starts an API, Redis and the S3 server of its own
 @pytest.mark.parametrize("part", ["redis", "s3"])
 def test_a_hung_redis_or_storage_answers_503_at_once(hangable, part):
     """While Redis (or the S3 server) is stopped, requests that need it answer 503 with
