@@ -164,15 +164,22 @@ def test_storage_hung_for_twenty_seconds(faulty, digit_pngs):
     pgid = os.getpgid(stack.procs["s3"].pid)
     os.killpg(pgid, signal.SIGSTOP)
     t0 = time.monotonic()
+    slowest = 0.0
     try:
-        time.sleep(1.0)   # every API process's health probe notices a hang within XAIQ_API_WAIT_S (1 s)
+        # The API's health probe notices the hang (within about XAIQ_API_WAIT_S): an event, waited for.
+        wait_until(lambda: requests.get(f"{stack.api_url}/readyz", timeout=10).status_code == 503, 15,
+                   "/readyz to say 503")
+        noticed = time.monotonic() - t0
         while time.monotonic() - t0 < 20:
             t = time.monotonic()
             r = requests.get(f"{stack.api_url}/readyz", timeout=10)
-            assert r.status_code == 503 and time.monotonic() - t < 2.5, (r.status_code, time.monotonic() - t)
+            slowest = max(slowest, time.monotonic() - t)
+            # Answered from the probe: far quicker than the hang (generous for a loaded machine).
+            assert r.status_code == 503 and time.monotonic() - t < 5, (r.status_code, time.monotonic() - t)
             time.sleep(2)
     finally:
         os.killpg(pgid, signal.SIGCONT)
+    print(f"storage hung: /readyz said 503 {noticed:.1f} s after the hang began, then in at most {slowest:.2f} s")
     all_done_once(client, job, 24)
     print(f"storage hung 20 s: job succeeded {time.monotonic() - t0:.1f} s after the hang began")
 
@@ -184,7 +191,9 @@ def test_cancel_in_the_middle_of_the_only_unit(faulty, digit_pngs):
     wait_until(lambda: mid_write(stack, "faults", job), 60, "the only unit mid-way (its saliency stored)")
     t0 = time.monotonic()
     assert client.cancel(job)["status"] in ("running", "cancelled")
-    state = client.wait(job, timeout=5, poll=0.1)
+    # By design within about XAIQ_CANCEL_GRACE_S + XAIQ_REAP_EVERY_S (2 + 2 s here); the limit is
+    # generous for a loaded machine, the figure printed.
+    state = client.wait(job, timeout=20, poll=0.1)
     print(f"cancel of a running unit: cancelled in {time.monotonic() - t0:.1f} s")
     assert state["status"] == "cancelled"
     items = list(client.results(job))
