@@ -19,9 +19,9 @@ from shared.tenants import Principal
 
 COOKIE = "xaiq_session"
 # Scripts from this site's files only; styles may be inline (the pages' own <style>); pictures from
-# this site, data: URLs (the audit report's) and the storage endpoint (presigned URLs); no frames
-# of this site elsewhere. /docs adds the hash of its template's one inline script. No Referer ever:
-# it would carry a page's job id to the storage endpoint.
+# this site and data: URLs (the audit report's); no frames of this site elsewhere. /docs adds the
+# hash of its template's one inline script. No Referer ever: it would carry a page's job id to
+# whatever a page links to.
 CSP = ("default-src 'none'; script-src 'self'{scripts}; style-src 'self'{styles}; img-src 'self' data:; "
        "connect-src 'self'; frame-src 'self'; form-action 'self'; frame-ancestors 'self'; base-uri 'none'; "
        "object-src 'none'")

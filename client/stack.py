@@ -397,7 +397,7 @@ class Stack:
         wait_for(lambda: requests.get(f"{self.api_url}/healthz", timeout=2).ok, "the API", 60, proc)
 
     def worker_cmd(self, name: str) -> list[str]:
-        return [str(BIN / "celery"), "-A", "worker.app", "worker", "-Q", "xaiq", "--concurrency", "1",
+        return [str(BIN / "celery"), "-A", "worker.app", "worker", "--concurrency", "1",
                 "--pool", "prefork", "--loglevel", "INFO", "-n", f"{name}@%h", "--without-gossip",
                 "--without-mingle"]
 

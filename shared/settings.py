@@ -23,8 +23,6 @@ class Settings(BaseSettings):
     # --- Object storage (MinIO or any S3).
     s3_endpoint: str = "http://127.0.0.1:9000"
     """S3 endpoint the API and workers talk to."""
-    s3_public_endpoint: str = ""
-    """Endpoint that clients reach; presigned URLs are signed for it. Empty: s3_endpoint."""
     s3_access_key: str = "xaiq"
     """S3 access key (compose: also the MinIO root user)."""
     s3_secret_key: str = "xaiq-secret"
@@ -111,8 +109,6 @@ class Settings(BaseSettings):
     """'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
     torch_threads: int = 0
     """Intra-op threads per worker process; 0 leaves torch's default."""
-    model_cache_size: int = 4
-    """Models kept loaded per worker process."""
     model_inspect_timeout_s: float = Field(60.0, gt=0)
     """Wall-clock limit of loading and checking an uploaded model in its confined process."""
     model_inspect_memory_mb: int = Field(4096, ge=512)

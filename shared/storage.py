@@ -29,7 +29,6 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from urllib.parse import urlparse
 
 import urllib3
@@ -121,15 +120,12 @@ class Storage:
 
     def __init__(self, s: Settings, patient: bool = False, down: Callable[[], str] | None = None):
         self.bucket = s.bucket
-        self.expiry = timedelta(seconds=s.url_expiry_s)
         self.retry_s = s.storage_retry_s if patient else API_RETRY_S * s.api_wait_s
         self.attempt_s = s.storage_timeout_s if patient else s.api_wait_s   # one attempt's longest wait
         self.down = down or (lambda: "")
         self.client = _client(s.s3_endpoint, s, patient)
         self.bulk = self.client if patient else _client(s.s3_endpoint, s, patient, bulk=True)
         self.bulk_attempt_s = max(self.attempt_s, s.storage_timeout_s)
-        # Presigned URLs sign the Host header: sign them for the endpoint clients use.
-        self.public = _client(s.s3_public_endpoint, s, patient) if s.s3_public_endpoint else self.client
         self.requests = 0            # requests sent by this process (/metrics, the benchmark)
         self._counting = threading.Lock()
 
@@ -249,9 +245,6 @@ class Storage:
                     break
             return out
         return self._call(listing)
-
-    def url(self, key: str) -> str:
-        return self.public.presigned_get_object(bucket_name=self.bucket, object_name=key, expires=self.expiry)
 
     def ping(self) -> None:
         self.client.bucket_exists(bucket_name=self.bucket)

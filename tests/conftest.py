@@ -1,6 +1,25 @@
 """Real parts for the tests, layered like the code: a Redis server (`redis_url`), an S3
 server (SeaweedFS, credentials checked; `settings`), and the API under gunicorn with a
-Celery worker process (`stack`), each started once per session when a test needs it."""
+Celery worker process (`stack`), each started once per session when a test needs it.
+
+Each test is in one of three layers, marked at collection from the fixtures it uses
+(transitively: `item.fixturenames` is the closure):
+
+- pure (no marker): no Redis, S3, API or worker. While one runs, XAIQ_REDIS_URL and
+  XAIQ_S3_ENDPOINT point at a closed port, so a test that reaches for a service fails
+  instead of finding one on the machine.
+- `services`: Redis and/or the S3 server (`redis_url`, `settings`, `app`: Flask's test
+  client over real Redis and S3), no API process and no Celery worker.
+- `stack`: the API under gunicorn and a Celery worker (`stack`, `admin`, `client`,
+  `tenant_key`, `http`, `digits_model`, ...).
+
+A test that starts processes itself carries its marker explicitly; a marker lower than its
+fixtures need is an error.
+
+    pytest -m "not stack and not services"     # pure: well under a minute
+    pytest -m "not stack"                      # + Redis and S3
+    pytest                                     # everything
+"""
 from __future__ import annotations
 
 import io
@@ -15,6 +34,49 @@ import pytest
 from PIL import Image
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+LAYERS = ("services", "stack")            # lowest first
+# The fixtures that put a test into a layer (the fixtures built on them are found through
+# item.fixturenames, which holds every fixture a test needs, directly or not).
+LAYER_FIXTURES = {
+    "services": {"services", "redis_url", "settings", "app"},
+    "stack": {"stack", "admin", "client", "other_client", "tenant_key", "http", "digits_model"},
+}
+NOWHERE = {"XAIQ_REDIS_URL": "redis://127.0.0.1:1/0", "XAIQ_S3_ENDPOINT": "http://127.0.0.1:1"}
+
+
+def layer_of(item) -> str | None:
+    """The layer a test's fixtures need, or an explicit marker of a higher one."""
+    used = set(getattr(item, "fixturenames", ()))
+    needed = [n for n in LAYERS if used & LAYER_FIXTURES[n]]
+    marked = [n for n in LAYERS if item.get_closest_marker(n)]
+    if needed and marked and LAYERS.index(marked[-1]) < LAYERS.index(needed[-1]):
+        raise pytest.UsageError(f"{item.nodeid} is marked {marked[-1]} but uses "
+                                f"{sorted(used & LAYER_FIXTURES[needed[-1]])}: mark it {needed[-1]}")
+    found = needed + marked
+    return max(found, key=LAYERS.index) if found else None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        layer = layer_of(item)
+        if layer and not item.get_closest_marker(layer):
+            item.add_marker(getattr(pytest.mark, layer))
+
+
+@pytest.fixture(autouse=True)
+def _pure_tests_reach_no_service(request, monkeypatch):
+    """A test of no layer runs with Redis and S3 pointed at a closed port."""
+    if any(request.node.get_closest_marker(n) for n in LAYERS):
+        yield
+        return
+    from shared.settings import get_settings
+
+    for name, value in NOWHERE.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 def _dump_logs(s) -> None:

@@ -30,6 +30,12 @@ def imported(tree: ast.AST) -> set[str]:
     return out
 
 
+def test_the_scan_fails_where_it_finds_no_file():
+    assert len(modules(*PACKAGES)) > 50
+    with pytest.raises(AssertionError, match="no_such_package"):
+        modules("api", "no_such_package")
+
+
 def test_no_function_is_longer_than_fifty_lines():
     long = []
     for path in modules(*PACKAGES):

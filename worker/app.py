@@ -1,4 +1,4 @@
-"""The worker entry: `celery -A worker.app worker -Q xaiq --concurrency 1`.
+"""The worker entry: `celery -A worker.app worker --concurrency 1` (it consumes XAIQ_QUEUE).
 
 CUDA does not survive fork: nothing here touches the device; each worker child
 initialises torch lazily when its first unit arrives."""

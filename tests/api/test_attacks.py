@@ -224,29 +224,37 @@ def test_pages_work_under_the_policy(stack, client, tenant_key, digits_model, di
 
 # --- a hung Redis or S3 server
 
+class SilentServer:
+    """A TCP server that never answers: a hung Redis or S3 server. Nothing accepts, so the
+    kernel's backlog holds each connection a client makes (to the client it is open), and
+    `connections()` counts them: what a call did is an event, not a duration."""
+
+    def __init__(self):
+        import socket
+
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.sock.setblocking(False)
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held = []
+
+    def connections(self) -> int:
+        """Connections made so far (each one taken from the backlog and held open)."""
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except BlockingIOError:
+                return len(self.held)
+
+    def close(self):
+        for conn in self.held:
+            conn.close()
+        self.sock.close()
+
+
 @pytest.fixture()
 def silent_server():
-    """A TCP server that accepts connections and never answers: a hung Redis or S3 server."""
-    import socket
-
-    server = socket.create_server(("127.0.0.1", 0))
-    accepted, done = [], threading.Event()
-
-    def accept():
-        server.settimeout(0.2)
-        while not done.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                pass
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    yield f"127.0.0.1:{server.getsockname()[1]}"
-    done.set()
-    t.join()
-    for conn in accepted:
-        conn.close()
+    server = SilentServer()
+    yield server
     server.close()
 
 
@@ -255,26 +263,30 @@ def hung_at(settings, address: str):
 
 
 def test_every_api_call_to_a_silent_server_is_bounded(settings, silent_server):
-    """Without any probe, one Redis call of the API waits `api_wait_s` once (no retry of a
-    timeout), and a storage call stops within its budget of twice that."""
+    """Without any probe, one Redis call of the API waits `api_wait_s` once (one connection:
+    no retry of a timeout), and a storage call stops within its budget of twice that."""
     import redis
 
     from shared.jobs import redis_client
     from shared.storage import Storage, StorageUnavailable
 
-    s = hung_at(settings, silent_server)
+    s = hung_at(settings, silent_server.address)
     t = time.monotonic()
     with pytest.raises((redis.TimeoutError, redis.ConnectionError)):
         redis_client(s, patient=False).get("x")
     redis_s = time.monotonic() - t
+    redis_connections = silent_server.connections()
     t = time.monotonic()
     with pytest.raises(StorageUnavailable):
         Storage(s).get("x")
     storage_s = time.monotonic() - t
-    print(f"\nsilent server: a Redis call gave up after {redis_s:.2f} s, a storage call after {storage_s:.2f} s "
-          f"(api_wait_s {s.api_wait_s} s)")
-    assert s.api_wait_s * 0.9 <= redis_s < s.api_wait_s * 1.5 + 0.5
-    assert s.api_wait_s * 0.9 <= storage_s < s.api_wait_s * 2 + 0.5
+    print(f"\nsilent server: a Redis call gave up after {redis_s:.2f} s ({redis_connections} connection), a "
+          f"storage call after {storage_s:.2f} s (api_wait_s {s.api_wait_s} s)")
+    assert redis_connections == 1, "a Redis call of the API retried its timeout"
+    # The lower bounds are the timeouts honoured; the upper ones only catch a wait without
+    # end (generous: a loaded 2-core machine adds seconds).
+    assert s.api_wait_s * 0.9 <= redis_s < s.api_wait_s * 3 + 2
+    assert s.api_wait_s * 0.9 <= storage_s < s.api_wait_s * 4 + 2
 
 
 def test_a_known_outage_fails_at_once(settings, silent_server):
@@ -284,13 +296,16 @@ def test_a_known_outage_fails_at_once(settings, silent_server):
     from shared.jobs import redis_client
     from shared.storage import Storage, StorageUnavailable
 
-    s = hung_at(settings, silent_server)
+    s = hung_at(settings, silent_server.address)
     t = time.monotonic()
     with pytest.raises(redis.ConnectionError, match="probe says"):
         redis_client(s, patient=False, down=lambda: "redis is down: the probe says so").get("x")
     with pytest.raises(StorageUnavailable, match="probe says"):
         Storage(s, down=lambda: "storage is down: the probe says so").get("x")
-    assert time.monotonic() - t < 0.5
+    print(f"\nboth calls failed in {time.monotonic() - t:.3f} s")
+    assert silent_server.connections() == 0, "a call went to the network during a known outage"
+    assert time.monotonic() - t < s.api_wait_s * 0.9     # so it did not wait for a timeout either
+
 
 @pytest.fixture(scope="module")
 def hangable(tmp_path_factory):
@@ -348,6 +363,7 @@ def hang(stack, part: str, polled: str, headers: dict, unaffected: str) -> dict:
             for _ in range(4):
                 time.sleep(1)
                 later += pool.map(lambda _: timed(polled, headers), range(40))
+            time.sleep(max(0.0, 6 - (time.monotonic() - t0)))   # hung at least 6 s, however fast the polls
         ready = timed(f"{stack.api_url}/readyz")
         ready_body = requests.get(f"{stack.api_url}/readyz", timeout=10).json()
         other = timed(unaffected, headers)
@@ -360,7 +376,7 @@ def hang(stack, part: str, polled: str, headers: dict, unaffected: str) -> dict:
                f"the API to serve again after {part} resumed")
     noticed = min((at + seconds for at, status, seconds, _ in readiness if status == 503), default=None)
     return {"first": first, "later": later, "health": health, "ready": ready, "ready_body": ready_body,
-            "other": other, "recovered_s": time.monotonic() - t1, "noticed_s": noticed,
+            "other": other, "recovered_s": time.monotonic() - t1, "noticed_s": noticed, "hung_s": t1 - t0,
             "ready_after": [status for at, status, *_ in readiness
                             if noticed is not None and noticed + 1 < at < t1 - t0]}
 
@@ -372,26 +388,31 @@ def report(part: str, m: dict) -> None:
     print(f"\n{part} hung: 40 polls as it began: slowest {worst(m['first']):.2f} s; 160 polls in the 4 s after: "
           f"slowest {worst(m['later']):.2f} s (statuses {sorted({p[0] for p in m['first'] + m['later']})}); "
           f"/healthz x{len(m['health'])}: slowest {worst(m['health']):.2f} s; first /readyz 503 "
-          f"{m['noticed_s']:.2f} s after it hung; served again {m['recovered_s']:.1f} s after it resumed")
+          f"{m['noticed_s']:.2f} s after it hung; hung {m['hung_s']:.1f} s; served again {m['recovered_s']:.1f} s "
+          f"after it resumed")
 
 
+@pytest.mark.stack    # starts an API, Redis and the S3 server of its own
 @pytest.mark.parametrize("part", ["redis", "s3"])
 def test_a_hung_redis_or_storage_answers_503_at_once(hangable, part):
     """While Redis (or the S3 server) is stopped, requests that need it answer 503 with
-    Retry-After within ~2 s (bounds here: 3 s, on a noisy 2-core box), /healthz within 1 s
-    throughout, /readyz 503 from the probe at once; while only storage hangs, the job's state
-    (in Redis) is still served; after SIGCONT the API serves again."""
+    Retry-After (in about api_wait_s), /healthz and /readyz answer throughout, /readyz says 503
+    from the probe; while only storage hangs, the job's state (in Redis) is still served; after
+    SIGCONT the API serves again. A request that waited on the hung part would last until it
+    resumed (6 s or more): the bounds sit well below that and well above what a loaded 2-core
+    machine adds (the figures are printed)."""
     stack, headers, job = hangable
     job_url, uploads_url = f"{stack.api_url}/v1/jobs/{job}", f"{stack.api_url}/v1/uploads"
     polled = job_url if part == "redis" else uploads_url     # uploads are listed from storage
     assert timed(job_url, headers)[0] == 200 and timed(uploads_url, headers)[0] == 200
     m = hang(stack, part, polled, headers, job_url)
     report(part, m)
+    assert m["hung_s"] >= 6
     for status, seconds, retry_after in m["first"] + m["later"]:
-        assert status == 503 and retry_after and seconds < 3.0, (status, seconds, retry_after)
-    assert {h[0] for h in m["health"]} == {200} and max(h[1] for h in m["health"]) < 1.0
-    assert m["ready"][0] == 503 and m["ready"][1] < 1.0
-    assert m["noticed_s"] is not None and m["noticed_s"] < 2.0 and set(m["ready_after"]) == {503}
+        assert status == 503 and retry_after and seconds < 4.0, (status, seconds, retry_after)
+    assert {h[0] for h in m["health"]} == {200} and max(h[1] for h in m["health"]) < 3.0
+    assert m["ready"][0] == 503 and m["ready"][1] < 3.0
+    assert m["noticed_s"] is not None and m["noticed_s"] < 4.0 and set(m["ready_after"]) == {503}
     assert m["ready_body"]["checks"][{"redis": "redis", "s3": "storage"}[part]].startswith("error")
     if part == "s3":
-        assert m["other"][0] == 200 and m["other"][1] < 1.0, m["other"]
+        assert m["other"][0] == 200 and m["other"][1] < 3.0, m["other"]

@@ -69,6 +69,7 @@ def child_stack(folder: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.services    # starts Redis and the S3 server of its own
 def test_a_second_start_reuses_ports_and_data(tmp_path):
     from client.stack import Stack, any_free_port
     from shared.settings import Settings
@@ -101,6 +102,7 @@ def test_a_second_start_reuses_ports_and_data(tmp_path):
         third.stop()
 
 
+@pytest.mark.services    # starts Redis and the S3 server of its own
 def test_two_stacks_on_one_machine_choose_their_own_ports(tmp_path):
     from client.stack import Stack
 
@@ -160,6 +162,7 @@ def test_up_on_a_taken_port_says_which_flag_in_one_line(tmp_path, capsys):
     assert f"port {port} is taken" in line and "--redis-port PORT" in line
 
 
+@pytest.mark.stack    # starts `xaiq up` (API and worker)
 def test_kill_stops_everything_up_started_even_a_hung_worker(tmp_path, digit_pngs):
     from client import procs
 
@@ -185,6 +188,7 @@ def test_kill_stops_everything_up_started_even_a_hung_worker(tmp_path, digit_png
     print(f"SIGTERM to `xaiq up` with a hung worker: everything stopped in {took:.1f} s (grace 2 s)")
 
 
+@pytest.mark.stack    # starts `xaiq up` (API and worker)
 def test_ctrl_c_stops_everything_as_kill_does(tmp_path):
     from client import procs
 
@@ -194,6 +198,7 @@ def test_ctrl_c_stops_everything_as_kill_does(tmp_path):
     assert not any(procs.members(up.groups).values())
 
 
+@pytest.mark.stack    # starts `xaiq up` (API and worker)
 def test_down_stops_a_stack_started_in_another_terminal(tmp_path, capsys):
     from client import procs
     from client.cli import main
@@ -207,6 +212,7 @@ def test_down_stops_a_stack_started_in_another_terminal(tmp_path, capsys):
     assert "no stack is running" in capsys.readouterr().out
 
 
+@pytest.mark.services    # starts Redis and the S3 server of its own
 def test_leftovers_of_a_stack_that_died_are_recognised_and_stopped(tmp_path, capsys):
     from client import procs
     from client.cli import main
@@ -265,6 +271,7 @@ def unreadable_to_nobody(paths: list[Path]) -> dict[str, bool]:
     return json.loads(data)
 
 
+@pytest.mark.services    # starts Redis and the S3 server of its own
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to user nobody needs root")
 def test_stack_files_are_private_to_their_owner():
     from client.stack import Stack

@@ -1,5 +1,10 @@
 """Static checks of the deployment files: compose files, Dockerfiles, .env.example, k8s.
 
+Settings have their defaults in one place, shared/settings.py: a deploy file gives only
+what must differ there (addresses, devices) and the secrets. So every XAIQ_* name in a deploy
+file is a setting, every value it gives is valid, and a value equal to the default is a copy
+to drop (copies drift: this file once required them, and they went stale).
+
 Needs the `docker-compose` binary (validates without a Docker engine):
     apt-get install -y --no-install-recommends docker-compose     # Debian, v1.29
 Run: .venv/bin/python -m pytest tests/deploy
@@ -23,9 +28,11 @@ MULTIHOST = ROOT / "deploy" / "compose.multihost.yml"
 WORKER_HOST = ROOT / "deploy" / "compose.worker-host.yml"
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-
-FIELDS = sorted(Settings.model_fields)
-ENV_NAMES = {f: f"XAIQ_{f.upper()}" for f in FIELDS}
+ENV_EXAMPLE = ROOT / ".env.example"
+# Every file that names settings, prose included (a stale name there misleads as much).
+DEPLOY_TEXTS = [COMPOSE, MULTIHOST, WORKER_HOST, ENV_EXAMPLE, DEPLOY / "SCALING.md",
+                *sorted(K8S.glob("*.yaml")), *sorted(DEPLOY.glob("Dockerfile.*"))]
+XAIQ_NAME = re.compile(r"\bXAIQ_[A-Z0-9_]*[A-Z0-9]\b")
 
 # The secrets compose refuses to start without.
 SECRETS = {
@@ -33,6 +40,9 @@ SECRETS = {
     "XAIQ_S3_SECRET_KEY": "test-secret-123456",
     "XAIQ_API_KEY": "test-api-key",
 }
+# The test project's .env (compose passes it whole to the API and the workers): a setting
+# changed, and an address that compose's own must win over.
+DOTENV = "XAIQ_UNIT_GFLOP=500\nXAIQ_REDIS_URL=redis://from-dotenv:6379/0\n"
 # Each compose file set under test: (files, extra required env).
 FILESETS = {
     "single-host": ([COMPOSE], {}),
@@ -65,15 +75,25 @@ def _clean_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run_config(compose_bin: str, files: list[Path], env: dict[str, str], tmp_path: Path):
-    # An empty --env-file: a developer's .env must not make the tests pass or fail.
-    empty = tmp_path / "empty.env"
-    empty.write_text("")
-    cmd = [compose_bin, "--env-file", str(empty)]
+def project(tmp_path: Path, dotenv: str = DOTENV, edit=lambda text: text) -> Path:
+    """A copy of the compose files with a .env of its own: a developer's .env must not make
+    the tests pass or fail. `edit` changes docker-compose.yml's text."""
+    (tmp_path / "deploy").mkdir(exist_ok=True)
+    (tmp_path / "docker-compose.yml").write_text(edit(COMPOSE.read_text()))
+    for f in (MULTIHOST, WORKER_HOST):
+        shutil.copy(f, tmp_path / "deploy" / f.name)
+    (tmp_path / ".env").write_text(dotenv)
+    return tmp_path
+
+
+def run_config(compose_bin: str, files: list[Path], env: dict[str, str], tmp_path: Path, **kw):
+    """`docker-compose config` of `files` (paths of the repository) in a copy of them."""
+    root = project(tmp_path, **kw)
+    cmd = [compose_bin, "--env-file", str(root / ".env")]
     for f in files:
-        cmd += ["-f", str(f)]
+        cmd += ["-f", str(root / f.relative_to(ROOT))]
     cmd.append("config")
-    return subprocess.run(cmd, cwd=ROOT, env=_clean_env(env), capture_output=True,
+    return subprocess.run(cmd, cwd=root, env=_clean_env(env), capture_output=True,
                           text=True, timeout=60)
 
 
@@ -181,7 +201,7 @@ def test_compose_config_passes(resolved, fileset):
 @pytest.mark.parametrize("missing", sorted(SECRETS))
 def test_compose_refuses_without_secret(compose_bin, tmp_path, missing):
     env = {k: v for k, v in SECRETS.items() if k != missing}
-    r = run_config(compose_bin, [COMPOSE], env, tmp_path)
+    r = run_config(compose_bin, [COMPOSE], env, tmp_path, dotenv="")
     assert r.returncode != 0, f"docker-compose config passed without {missing}"
     assert missing in r.stderr and "set it in .env" in r.stderr, r.stderr
 
@@ -194,17 +214,18 @@ def test_compose_refuses_without_secret(compose_bin, tmp_path, missing):
 def test_other_compose_files_refuse_without_required(compose_bin, tmp_path, fileset, missing):
     files, extra = FILESETS[fileset]
     env = {k: v for k, v in {**SECRETS, **extra}.items() if k != missing}
-    r = run_config(compose_bin, files, env, tmp_path)
+    r = run_config(compose_bin, files, env, tmp_path, dotenv="")
     assert r.returncode != 0, f"{fileset}: config passed without {missing}"
 
 
 def test_compose_rejects_a_misspelled_key(compose_bin, tmp_path):
     """Guards the guard: the validator really validates."""
-    bad = tmp_path / "bad.yml"
-    bad.write_text(COMPOSE.read_text().replace("stop_grace_period: 30s", "stop_grace_periods: 30s", 1))
-    assert bad.read_text() != COMPOSE.read_text()
-    r = run_config(compose_bin, [bad], SECRETS, tmp_path)
-    assert r.returncode != 0
+    def misspell(text):
+        assert "stop_grace_period: 30s" in text
+        return text.replace("stop_grace_period: 30s", "stop_grace_periods: 30s", 1)
+
+    r = run_config(compose_bin, [COMPOSE], SECRETS, tmp_path, edit=misspell)
+    assert r.returncode != 0 and "stop_grace_periods" in r.stderr, r.stderr
 
 
 # --------------------------------------------------------------------------- services
@@ -269,10 +290,10 @@ def test_infra_healthchecks_and_start_order(resolved):
     assert svcs["minio"]["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
     assert any(str(v).split(":")[0] == "redis-data" or (isinstance(v, dict) and v.get("source") == "redis-data")
                for v in svcs["redis"]["volumes"])
-    mb = " ".join(svcs["createbuckets"]["command"] if isinstance(svcs["createbuckets"]["command"], list)
-                  else [svcs["createbuckets"]["command"]])
-    assert "mc alias set" in mb and "mc mb --ignore-existing" in mb
-    assert svcs["createbuckets"]["environment"]["XAIQ_BUCKET"] == "xaiq"
+    # The bucket is made by the code, with the settings the API gets: its name has one default.
+    mb = svcs["createbuckets"]
+    assert "ensure_bucket()" in " ".join(mb["command"]) and mb["image"] == svcs["api"]["image"]
+    assert env_of(mb) == env_of(svcs["api"])
     assert svcs["minio"]["environment"]["MINIO_ROOT_USER"] == SECRETS["XAIQ_S3_ACCESS_KEY"]
     assert svcs["minio"]["environment"]["MINIO_ROOT_PASSWORD"] == SECRETS["XAIQ_S3_SECRET_KEY"]
     for name in ["api", *workers(resolved["single-host"])]:
@@ -318,7 +339,7 @@ def test_worker_policies(resolved, fileset):
         assert svc.get("restart") == "unless-stopped", name
         cmd = svc["command"]
         assert cmd[:3] == ["celery", "-A", "worker.app"], name
-        assert cmd[cmd.index("-Q") + 1] == Settings.model_fields["queue"].default, name
+        assert "-Q" not in cmd, f"{name}: the queue comes from XAIQ_QUEUE (a -Q copies it)"
         if name not in gpu_workers(resolved[fileset]):
             assert env_of(svc)["XAIQ_DEVICE"] == "cpu", name
             assert "cpu" in svc.get("profiles", []), f"{name}: CPU workers run under profile cpu"
@@ -327,36 +348,85 @@ def test_worker_policies(resolved, fileset):
             assert not gpu_devices(svc), name
 
 
-# --------------------------------------------------------------------------- settings coverage
+# --------------------------------------------------------------------------- settings: defaults in one place
+
+def setting_of(name: str) -> str:
+    field = name.removeprefix("XAIQ_").lower()
+    assert field in Settings.model_fields, f"{name} is no setting of shared/settings.py"
+    return field
+
+
+def check_overrides(where: str, values: dict[str, str]) -> None:
+    """The XAIQ_* values a deploy file gives: settings, valid, and none equal to its default."""
+    given = {setting_of(n): str(v) for n, v in values.items() if n.startswith("XAIQ_")}
+    parsed = Settings(_env_file=None, **given)       # validates types and bounds
+    copies = [f"XAIQ_{f.upper()}={given[f]}" for f in given
+              if getattr(parsed, f) == Settings.model_fields[f].default]
+    assert not copies, (f"{where}: {copies} repeat the defaults of shared/settings.py; drop them "
+                        "(deploy files give only what must differ, and the secrets)")
+
+
+def test_the_check_catches_copies_and_bad_values():
+    """Guards the guard: a copied default, an unknown name and a bad value all fail."""
+    for values, says in [({"XAIQ_UNIT_RETRIES": "3"}, "repeat the defaults"),
+                         ({"XAIQ_UNIT_RETRIES": "4"}, None),
+                         ({"XAIQ_MODEL_CACHE_SIZE": "4"}, "no setting"),
+                         ({"XAIQ_PNG_LEVEL": "12"}, "less than or equal")]:
+        if says is None:
+            check_overrides("test", values)
+            continue
+        with pytest.raises(Exception, match=says):
+            check_overrides("test", values)
+
+
+@pytest.mark.parametrize("path", DEPLOY_TEXTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_xaiq_name_in_deploy_files_is_a_setting(path):
+    assert path.exists(), path
+    for name in sorted(set(XAIQ_NAME.findall(path.read_text()))):
+        setting_of(name)
+
+
+@pytest.mark.parametrize("path", [COMPOSE, MULTIHOST, WORKER_HOST], ids=lambda p: p.name)
+def test_compose_interpolation_defaults_are_no_copies(path):
+    """`${XAIQ_X:-value}` gives value where .env does not: a copy unless it differs."""
+    defaults = dict(re.findall(r"\$\{(XAIQ_[A-Z0-9_]+):?-([^}]*)\}", path.read_text()))
+    check_overrides(path.name, defaults)
+
 
 @pytest.mark.parametrize("fileset", sorted(FILESETS))
-def test_every_setting_reaches_api_and_workers(resolved, fileset):
+def test_compose_gives_only_overrides_and_secrets(resolved, fileset):
+    for name, svc in services(resolved[fileset]).items():
+        check_overrides(f"{fileset}/{name}", env_of(svc))
+
+
+@pytest.mark.parametrize("fileset", sorted(FILESETS))
+def test_dotenv_reaches_the_api_and_every_worker(resolved, fileset):
     svcs = services(resolved[fileset])
     readers = [n for n in svcs if n == "api" or is_worker(svcs[n])]
-    assert readers
-    if fileset != "worker-host":
-        assert "api" in readers
+    assert readers and (fileset == "worker-host" or "api" in readers)
     for name in readers:
-        env = env_of(svcs[name])
-        missing = [ENV_NAMES[f] for f in FIELDS if ENV_NAMES[f] not in env]
-        assert not missing, f"{fileset}/{name} lacks {missing}"
+        assert env_of(svcs[name]).get("XAIQ_UNIT_GFLOP") == "500", f"{fileset}/{name}: .env does not reach it"
 
 
-def test_compose_values_are_valid_settings_and_defaults_match(resolved):
-    env = env_of(services(resolved["single-host"])["api"])
-    values = {f: env[ENV_NAMES[f]] for f in FIELDS}
-    s = Settings(_env_file=None, **values)  # validates types and bounds
-    overridden = {"redis_url", "s3_endpoint", "s3_public_endpoint", "s3_access_key",
-                  "s3_secret_key", "api_key"}
-    for f in FIELDS:
-        if f in overridden:
-            continue
-        assert getattr(s, f) == Settings.model_fields[f].default, \
-            f"compose default of {ENV_NAMES[f]} ({env[ENV_NAMES[f]]!r}) differs from the code's"
-    assert s.redis_url == "redis://redis:6379/0"
-    assert s.s3_endpoint == "http://minio:9000"
-    assert s.s3_public_endpoint == "http://localhost:9000"
-    assert s.task_time_limit_s < s.visibility_timeout_s
+def test_compose_gives_the_containers_their_addresses(resolved):
+    """Compose's own addresses win over a .env written for processes outside compose."""
+    for name in ("api", "worker-gpu0", "worker-cpu", "createbuckets"):
+        s = Settings(_env_file=None, **{setting_of(k): v for k, v in
+                                         env_of(services(resolved["single-host"])[name]).items()
+                                         if k.startswith("XAIQ_")})
+        assert (s.redis_url, s.s3_endpoint) == ("redis://redis:6379/0", "http://minio:9000"), name
+        assert (s.s3_access_key, s.s3_secret_key, s.api_key) == tuple(SECRETS.values()), name
+    worker_host = env_of(services(resolved["worker-host"])["worker-gpu0"])
+    assert worker_host["XAIQ_REDIS_URL"] == FILESETS["worker-host"][1]["XAIQ_REDIS_URL"]
+    d = Settings.model_fields
+    assert d["task_time_limit_s"].default < d["visibility_timeout_s"].default
+
+
+def test_a_worker_without_dash_q_consumes_the_queue_of_its_settings():
+    from shared.messaging import make_celery
+
+    app = make_celery(Settings(_env_file=None, queue="elsewhere"))
+    assert list(app.amqp.queues) == ["elsewhere"]
 
 
 def test_multihost_gives_the_password_url_to_all_redis_clients(resolved):
@@ -369,8 +439,8 @@ def test_multihost_gives_the_password_url_to_all_redis_clients(resolved):
 
 # --------------------------------------------------------------------------- .env.example
 
-def test_env_example_documents_every_variable():
-    text = (ROOT / ".env.example").read_text()
+def test_env_example_sets_the_secrets_and_documents_what_it_names():
+    text = ENV_EXAMPLE.read_text()
     lines = text.splitlines()
     documented = {}
     for i, line in enumerate(lines):
@@ -379,10 +449,10 @@ def test_env_example_documents_every_variable():
             documented[m.group(1)] = i
             # each variable has a comment right above it
             assert i > 0 and lines[i - 1].startswith("#"), f"{m.group(1)} has no comment"
-    for f in FIELDS:
-        assert ENV_NAMES[f] in documented, f".env.example lacks {ENV_NAMES[f]}"
     for secret in SECRETS:
         assert re.search(rf"^{secret}=\S+", text, re.M), f"{secret} must be set in .env.example"
+    # the settings it sets or shows (examples in comments too): real, valid, no defaults
+    check_overrides(".env.example", dict(re.findall(r"\b(XAIQ_[A-Z0-9_]+)=(\S+)", text)))
     referenced = set()
     for path in (COMPOSE, MULTIHOST, WORKER_HOST):
         referenced |= set(re.findall(r"(?<!\$)\$\{([A-Z][A-Z0-9_]*)", path.read_text()))
@@ -490,18 +560,23 @@ def test_k8s_worker_has_one_gpu_per_pod():
     assert "xaiq-api" in svc
 
 
-def test_k8s_pods_get_every_setting():
-    keys = set()
+def test_k8s_gives_only_overrides_and_secrets():
+    config = {}
     for cm in by_kind("ConfigMap"):
-        keys |= set(cm["data"])
+        config |= cm["data"]
     for sec in by_kind("Secret"):
-        keys |= set(sec.get("stringData", {})) | set(sec.get("data", {}))
-    missing = [ENV_NAMES[f] for f in FIELDS if ENV_NAMES[f] not in keys]
-    assert not missing, f"k8s config lacks {missing}"
+        config |= sec.get("stringData", {}) | sec.get("data", {})
     for d in by_kind("Deployment"):
+        name = d["metadata"]["name"]
         for c in d["spec"]["template"]["spec"]["containers"]:
             refs = {next(iter(e)) for e in c.get("envFrom", [])}
-            assert {"configMapRef", "secretRef"} <= refs, d["metadata"]["name"]
+            assert {"configMapRef", "secretRef"} <= refs, name
+            check_overrides(f"k8s {name}", {**config, **{e["name"]: e["value"] for e in c.get("env", [])}})
+            assert "-Q" not in c.get("args", []), f"{name}: the queue comes from XAIQ_QUEUE"
+    check_overrides("k8s ConfigMap + Secret", config)
+    worker = next(d for d in by_kind("Deployment") if d["metadata"]["name"] == "xaiq-worker-gpu")
+    port = worker["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
+    assert port == config["XAIQ_WORKER_METRICS_PORT"], "the scrape port is the workers' metrics port"
 
 
 def test_keda_scales_on_the_celery_queue_list():

@@ -313,7 +313,8 @@ def test_torch_save_is_refused(inspected, files):
 def test_an_endless_forward_is_stopped_by_the_timeout(inspected):
     result, seconds, _ = inspected["loops"]
     assert result == {"status": "invalid", "error": f"inspection did not finish in {LOOP_TIMEOUT_S} s (stopped)"}
-    assert seconds < LOOP_TIMEOUT_S + 5
+    print(f"endless forward stopped after {seconds:.1f} s (timeout {LOOP_TIMEOUT_S} s)")
+    assert seconds < LOOP_TIMEOUT_S + 15      # it would never end; generous for four checks on two cores
 
 
 def test_unbounded_allocation_is_stopped_by_the_memory_limit(inspected):
@@ -321,7 +322,8 @@ def test_unbounded_allocation_is_stopped_by_the_memory_limit(inspected):
     assert result["status"] == "invalid"
     assert "memory" in result["error"] or "killed" in result["error"], result
     assert "did not finish" not in result["error"]
-    assert seconds < HOARD_TIMEOUT_S + 5
+    print(f"unbounded allocation stopped after {seconds:.1f} s")
+    assert seconds < HOARD_TIMEOUT_S + 15
 
 
 def test_an_exception_in_forward_is_reported_without_its_message(inspected, files):
