@@ -1,8 +1,9 @@
 """One work unit, as the broker runs it (it never runs the model: the job's confined compute
 process does every pass). The I/O threads read the unit's images in one or a few ranged
-requests and decode them; the compute process predicts, checks the outputs and runs each
-method on the whole batch, answering method by method; meanwhile the I/O threads store each
-method's maps (one array shard) and pictures (one tar shard of PNGs). `records.json` goes
+requests and decode them part by part (`PART` images); the compute process predicts, checks
+the outputs and runs each method on a part, answering method by method; meanwhile the I/O
+threads decode the next part and encode the last one's pictures. At the end each method's
+maps go into one array shard and its pictures into one tar shard. `records.json` goes
 last: its presence means the unit's shards are complete. A re-run writes a new attempt's
 shards and then replaces records.json, so a half-written run is never visible and nothing
 is counted twice. No Celery here, so it can be timed and tested in-process.

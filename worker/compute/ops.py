@@ -1,9 +1,9 @@
 """What a compute process does with its model, one function per operation the broker may
 ask for. Tensors in, arrays out; no storage, no Redis, no network (there is none).
 
-- `unit`: predict a unit's images, check the outputs, run every requested method on the
-  whole batch (one answer per method as soon as it is done, so the broker stores it while
-  the next one runs), and for an audit the unit's partial and per-image fields.
+- `unit`: predict a part of a unit's images, check the outputs, run every requested method
+  on them in chunks of its measured batch size (one answer per method as soon as it is
+  done), and for an audit the unit's partial and per-image fields.
 - `report`: an audit's report from its units' partials (asking the broker for the images
   the sanity check and the examples need).
 """
