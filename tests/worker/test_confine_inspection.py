@@ -236,6 +236,7 @@ def _leaks(result: dict, *secret: str) -> bool:
 
 # --- well-behaved models ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_digits_weights_are_ready_with_layers_parameters_and_flops(inspected):
     result, _, _ = inspected["digits"]
     assert result["status"] == "ready", result

@@ -75,6 +75,7 @@ def clean_audit():
     return audit(planted=False)
 
 
+@pytest.mark.slow
 def test_planted_shortcut_is_flagged(planted_audit, labels):
     report, html, _ = planted_audit
     assert [f["class"] for f in report["flags"]] == [CLASS]
@@ -91,6 +92,7 @@ def test_planted_shortcut_is_flagged(planted_audit, labels):
     assert 'alt="cluster prototype and examples"' in html
 
 
+@pytest.mark.slow
 def test_no_flag_without_the_patch(clean_audit):
     report, _, _ = clean_audit
     assert report["flags"] == []

@@ -52,6 +52,7 @@ def one_unit(setup, sl: slice) -> Partial:
                         logits=model, explainers=explainers(model), sensitive=np.isin(idx, [0, 7, 13]))
 
 
+@pytest.mark.slow
 def test_unit_quality_computes_what_it_is_given(setup):
     model, x, y, maps, _ = setup
     params = QualityParams(correlation_runs=5, correlation_subset=10, sensitivity_perturbations=2)
@@ -76,6 +77,7 @@ def test_unit_quality_computes_what_it_is_given(setup):
         np.testing.assert_allclose(v["sparseness"], scores[m]["sparseness"])
 
 
+@pytest.mark.slow
 def test_partials_stream_mean_and_spread_per_class(setup):
     labels = setup[4]
     units = [one_unit(setup, slice(a, b)) for a, b in ((0, 8), (8, 14), (14, 20))]
@@ -108,6 +110,7 @@ def test_partials_stream_mean_and_spread_per_class(setup):
     assert [s["n"] for s in pair["per_class"]] == [int(np.isfinite(agree[labels == c]).sum()) for c in range(K)]
 
 
+@pytest.mark.slow
 def test_report_and_item_fields(setup):
     units = [one_unit(setup, slice(0, 10)), one_unit(setup, slice(10, 20))]
     fields = quality_fields(units[0], 0)

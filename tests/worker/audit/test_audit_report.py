@@ -58,6 +58,7 @@ def test_schema_is_documented():
         assert f"`{key}`" in text, key
 
 
+@pytest.mark.slow
 def test_html_is_self_contained():
     report, maps = make_report()
     idx = example_indices(report["flags"], per_flag=4)
@@ -72,6 +73,7 @@ def test_html_is_self_contained():
     assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html     # names are escaped
 
 
+@pytest.mark.slow
 def test_html_without_flags_or_sanity():
     report, _ = make_report(with_flag=False)
     report["sanity"] = []

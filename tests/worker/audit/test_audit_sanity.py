@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from scipy.stats import spearmanr
 from torch import nn
@@ -29,6 +30,7 @@ def gradient(model, x, y):
     return x.grad.abs().sum(1)
 
 
+@pytest.mark.slow
 def test_layers_top_down_and_gradient_changes():
     model = small_model()
     assert randomisable_layers(model) == ["0", "3", "6"]               # BatchNorm skipped

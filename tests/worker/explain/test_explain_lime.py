@@ -39,6 +39,7 @@ def weights(local_exp, n):
     return w
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outputs", ["logits", "probabilities"])
 @pytest.mark.parametrize("num_features", [100000, 10, 4])   # all / highest_weights / forward_selection
 def test_same_samples_give_the_packages_explanation(digits, num_features, outputs):
@@ -66,6 +67,7 @@ def test_same_samples_give_the_packages_explanation(digits, num_features, output
         np.testing.assert_allclose(ti, tr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outputs", ["logits", "probabilities"])
 def test_agrees_with_the_package_as_well_as_the_package_agrees_with_itself(digits, outputs):
     """Different random samples: xaiq vs lime must agree as well as lime vs lime (top-5
@@ -100,6 +102,7 @@ def test_default_segmentation_is_the_seeds_slic_from_zero():
     assert seg.shape == (32, 32) and seg.min() == 0
 
 
+@pytest.mark.slow
 def test_three_channels_weight_map_and_batch_size(tiny):
     model, x, y = tiny
     a = E.lime(model, x[0], num_samples=80, n_segments=25, seed=1, precision="fp32", labels=[int(y[0])], batch_size=7)
@@ -119,6 +122,7 @@ def test_three_channels_weight_map_and_batch_size(tiny):
     assert np.isclose(sum(p.probabilities), 1, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_stream_across_images_gives_each_image_its_own_result(digits):
     """Batches of 7 cross the images' boundaries; each image's explanation is the one it
     gets alone with the same seed (up to the float rounding a batch size brings), and the

@@ -63,6 +63,7 @@ def filter_explaination(x, model, cnnid, filterid, iteration=100, lr=1):
 # -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_saliency_equals_the_seed_and_captum(digits):
     model, x, y = digits
     ours = E.saliency(model, x, y)
@@ -73,6 +74,7 @@ def test_saliency_equals_the_seed_and_captum(digits):
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cnnid", [4, 8])
 def test_filters_seed_style_equals_the_seed_loop(digits, cnnid):
     model, x, y = digits
@@ -87,6 +89,7 @@ def test_filters_seed_style_equals_the_seed_loop(digits, cnnid):
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_readable_style_is_deterministic_and_per_filter(digits):
     model, x, _ = digits
     a = E.filter_explanation(model, x, "cnn.8", [1, 4], iterations=5, seed=2).visualizations
@@ -97,6 +100,7 @@ def test_readable_style_is_deterministic_and_per_filter(digits):
     assert (a >= x.min().item() - 1e-5).all() and (a <= x.max().item() + 1e-5).all()
 
 
+@pytest.mark.slow
 def test_smoothgrad_equals_captum_noise_tunnel(setup):
     _, model, x, y, _ = setup
     samples, noise, seed = 6, 0.15, 4
@@ -112,6 +116,7 @@ def test_smoothgrad_equals_captum_noise_tunnel(setup):
     assert not np.allclose(ours, other, rtol=1e-4, atol=1e-6)   # the comparison can fail
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline", ["zeros", "mean"])
 def test_integrated_gradients_equal_captum(setup, baseline):
     _, model, x, y, _ = setup
@@ -123,6 +128,7 @@ def test_integrated_gradients_equal_captum(setup, baseline):
     np.testing.assert_allclose(ours, ref.detach().numpy(), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_gradcam_equals_captum(setup):
     _, model, x, y, layer = setup
     module = model.get_submodule(layer)
@@ -134,6 +140,7 @@ def test_gradcam_equals_captum(setup):
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_gradcam_default_layer_is_the_last_conv(digits):
     model, x, y = digits
     np.testing.assert_array_equal(E.gradcam(model, x, y), E.gradcam(model, x, y, layer="cnn.8"))

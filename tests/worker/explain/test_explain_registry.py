@@ -60,6 +60,7 @@ def test_outputs(name, setup):
     assert all(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(METHODS))
 def test_deterministic_and_batch_independent(name, setup):
     _, model, x, y, layer = setup
@@ -96,6 +97,7 @@ def test_state_restored_after_an_error(name, digits):
     assert all(p.grad is None for p in broken.parameters())
 
 
+@pytest.mark.slow
 def test_public_functions_default_labels_and_devices(digits):
     model, x, y = digits
     pred = model(x).argmax(1)
@@ -110,6 +112,7 @@ def test_public_functions_default_labels_and_devices(digits):
         E.saliency(model, x[0])                     # (C,H,W): not a batch
 
 
+@pytest.mark.slow
 def test_run_accepts_models_dicts_and_rejects_bad_params(digits):
     from shared.methods import SaliencyParams
 

@@ -75,6 +75,7 @@ def formats(digits, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_the_manifests(formats):
     assert {f: formats[f][4]["hooks"] for f in FORMATS} == {"builtin": True, "torchscript": False,
                                                             "huggingface": True, "export": True}

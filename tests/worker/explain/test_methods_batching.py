@@ -53,6 +53,7 @@ def assert_unchanged(before: dict, model: nn.Module) -> None:
     assert all(g is None for g in after["grads"]) and not any(after["hooks"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NEW)
 def test_batches_equal_one_by_one_and_stop_between_them(name, setup):
     """Batches of at most 2 inputs per pass, a checkpoint before each: the same maps as each
@@ -91,6 +92,7 @@ def test_forward_passes_match_the_registry_cost(name, digits):
         assert cost == 3 * seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NEW)
 def test_the_model_is_left_as_it_was_also_when_stopped(name, setup):
     _, model, x, y, layer = setup
@@ -143,6 +145,7 @@ class Shared(nn.Module):
         return self.fc(self.act(2, t).flatten(1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", REWIRING)
 def test_in_place_and_reused_activations(name, tiny):
     """The re-wired methods give the same maps with in-place ReLUs, and with one ReLU module

@@ -21,6 +21,7 @@ REFUSED = {
 }
 
 
+@pytest.mark.slow
 def test_each_format_refuses_exactly_what_it_cannot_run(formats):  # noqa: F811
     for fmt in FORMATS:
         manifest = formats[fmt][4]
@@ -61,6 +62,7 @@ def test_what_is_refused_cannot_run_there(formats):  # noqa: F811
         E.run("lrp", exported, x, y)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["guided_backprop", "deeplift"])
 def test_hook_methods_on_an_exported_program_equal_the_module(formats, name):  # noqa: F811
     """Found by class name, the exported ReLUs and max pools take the same rules as the

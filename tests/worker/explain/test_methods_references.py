@@ -107,6 +107,7 @@ def test_guided_backprop_equals_captum(net):
                            .detach().numpy() / np.where(x.numpy() == 0, 1, x.numpy()), atol=1e-6)   # not plain gradients
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline, noise", [("noise", 0.0), ("noise", 0.1), ("zeros", 0.05), ("mean", 0.0)])
 def test_gradient_shap_equals_captum(net, baseline, noise):
     _, model, x, y = net
@@ -160,6 +161,7 @@ def separated(model: nn.Module) -> nn.Module:
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline", ["zeros", "mean"])
 def test_deeplift_equals_captum_and_sums_to_delta(net, baseline):
     _, model, x, y = net
@@ -174,6 +176,7 @@ def test_deeplift_equals_captum_and_sums_to_delta(net, baseline):
     np.testing.assert_allclose(ours.reshape(len(x), -1).sum(1), delta, rtol=1e-4, atol=1e-5 * np.abs(delta).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("window, stride, baseline", [(6, 3, "zeros"), (7, 5, "mean"), (4, 4, "zeros")])
 def test_occlusion_equals_captum(net, window, stride, baseline):
     _, model, x, y = net

@@ -73,6 +73,7 @@ def check_agreement(model, x, labels, reduced: str, samples: int, n_segments: in
     assert ours[0] >= seeds[0] and ours[1] >= seeds[1], (ours, seeds)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reduced", ["bf16", "fp16"])
 def test_reduced_lime_agrees_with_fp32_on_the_digits_model(digits, reduced):
     model, x, y = digits
@@ -88,6 +89,7 @@ def photos(size: int) -> torch.Tensor:
                                   for img in (data.astronaut(), data.coffee())])).permute(0, 3, 1, 2)
 
 
+@pytest.mark.slow
 def test_reduced_lime_agrees_with_fp32_on_the_food11_cnn():
     model = small_food11()
     x = photos(32)
@@ -96,6 +98,7 @@ def test_reduced_lime_agrees_with_fp32_on_the_food11_cnn():
     check_agreement(model, x, y, "bf16", samples=80, n_segments=30)
 
 
+@pytest.mark.slow
 def test_the_guard_keeps_fp32_where_the_outputs_barely_move():
     model, x = default_food11(), photos(32)[:1]
     r = E.lime(model, x[0], num_samples=40, n_segments=30, seed=0, precision="bf16", labels=[1])
@@ -125,6 +128,7 @@ def test_a_reduced_dtype_that_disagrees_falls_back_to_fp32():
     assert P.agrees(model(x), model(x) + 1e-4) and not P.agrees(model(x), model(x) + 100)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("samples", [10, 16, 50])
 def test_the_guards_probe_is_scored_once(digits, samples):
     """The guard compares the first perturbed copies at both precisions; the stream keeps

@@ -53,6 +53,7 @@ def _inputs(name, n=3):
     return torch.randn(n, *shape, generator=torch.Generator().manual_seed(2)), torch.tensor([1, 3, 0][:n])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("program", ["digits", "vit"])
 def test_loaded_program_keeps_paths_and_outputs(programs, program):
     original, _, model, layer = programs[program]
@@ -203,6 +204,7 @@ def test_the_sympy_payload_is_real(programs, tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_a_static_batch_is_refused_with_the_way_to_export():
     data = _save(_digits(), torch.randn(1, 1, 32, 32), dynamic=False)
     with pytest.raises(ValueError, match="dynamic_shapes"):
@@ -211,6 +213,7 @@ def test_a_static_batch_is_refused_with_the_way_to_export():
         exported.load(b"PK\x05\x06" + b"\0" * 18)
 
 
+@pytest.mark.slow
 def test_without_module_paths_hook_methods_are_refused(programs):
     """A program without nn_module_stack metadata cannot be unflattened: it runs as one flat
     graph, the manifest says hooks=False, and the API refuses filters and gradcam."""

@@ -55,6 +55,7 @@ DEFAULTS = {"vit": "vit.layers.1.layernorm_before", "resnet": "resnet.encoder.st
             "convnext": "convnext.encoder.stages.1"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(DEFAULTS))
 def test_unpack_and_load_round_trip(zoo, kind):
     model, _, loaded = zoo[kind]
@@ -230,6 +231,7 @@ class GridWrapped(nn.Module):
         return self.model(x)
 
 
+@pytest.mark.slow
 def test_vit_gradcam_equals_captum_on_the_token_grid(zoo):
     from captum.attr import LayerAttribution, LayerGradCam
 
