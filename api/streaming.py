@@ -120,7 +120,7 @@ def _parts(events) -> Iterator[Part]:
                     holder.append(ev)
                     return
 
-        part = Part(event.name, event.filename if isinstance(event, File) else None, chunks())
+        part = Part(event.name or "", event.filename if isinstance(event, File) else None, chunks())   # a header without a readable name
         yield part
         if not part._done[0]:
             part.drain()
