@@ -251,6 +251,7 @@ def test_digits_weights_are_ready_with_layers_parameters_and_flops(inspected):
     assert by_path["cnn.4"]["shape"] == [32, 16, 16]
 
 
+@pytest.mark.slow
 def test_scripted_digits_is_ready_without_hooks(inspected):
     result, _, _ = inspected["digits-scripted"]
     plain, _, _ = inspected["digits"]
@@ -264,12 +265,14 @@ def test_scripted_digits_is_ready_without_hooks(inspected):
 
 # --- reading files ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_reading_a_file_in_forward_is_refused_by_the_operator_check(inspected, files):
     result, _, log = inspected["reads-forward"]
     assert result == {"status": "invalid", "error": "operator aten::from_file is not allowed in an uploaded model"}
     assert files["public"] not in log
 
 
+@pytest.mark.slow
 def test_reading_a_file_in_setstate_is_refused_and_nothing_leaks(inspected, files):
     # torch.jit.load runs __setstate__: the child (as nobody) can read a world-readable file,
     # but the model is refused before anything else runs and the bytes stay in the child.
@@ -278,6 +281,7 @@ def test_reading_a_file_in_setstate_is_refused_and_nothing_leaks(inspected, file
     assert not _leaks(result, files["public"]) and files["public"] not in log
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ROOT, reason="the switch to 'nobody' needs root")
 def test_the_child_runs_as_nobody_and_cannot_read_root_only_files(inspected, files):
     # The same model as above, on a 0600 file: here the read itself fails, inside torch.jit.load.
@@ -289,12 +293,14 @@ def test_the_child_runs_as_nobody_and_cannot_read_root_only_files(inspected, fil
 
 # --- writing files ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_writing_a_file_in_forward_is_refused_and_the_file_is_unchanged(inspected, files):
     result, _, _ = inspected["writes-forward"]
     assert result == {"status": "invalid", "error": "operator aten::from_file is not allowed in an uploaded model"}
     assert (files["dir"] / "target").read_bytes() == files["target"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ROOT, reason="the switch to 'nobody' needs root")
 def test_writing_a_file_in_setstate_fails_and_the_file_is_unchanged(inspected, files):
     result, _, log = inspected["writes-setstate"]
@@ -303,6 +309,7 @@ def test_writing_a_file_in_setstate_fails_and_the_file_is_unchanged(inspected, f
     assert (files["dir"] / "target").read_bytes() == files["target"]
 
 
+@pytest.mark.slow
 def test_torch_save_is_refused(inspected, files):
     result, _, _ = inspected["saves"]
     assert result == {"status": "invalid", "error": "operator aten::save is not allowed in an uploaded model"}
@@ -311,6 +318,7 @@ def test_torch_save_is_refused(inspected, files):
 
 # --- time, memory, messages -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_an_endless_forward_is_stopped_by_the_timeout(inspected):
     result, seconds, _ = inspected["loops"]
     assert result == {"status": "invalid", "error": f"inspection did not finish in {LOOP_TIMEOUT_S} s (stopped)"}
@@ -318,6 +326,7 @@ def test_an_endless_forward_is_stopped_by_the_timeout(inspected):
     assert seconds < LOOP_TIMEOUT_S + 15      # it would never end; generous for four checks on two cores
 
 
+@pytest.mark.slow
 def test_unbounded_allocation_is_stopped_by_the_memory_limit(inspected):
     result, seconds, _ = inspected["hoards"]
     assert result["status"] == "invalid"
@@ -327,6 +336,7 @@ def test_unbounded_allocation_is_stopped_by_the_memory_limit(inspected):
     assert seconds < HOARD_TIMEOUT_S + 15
 
 
+@pytest.mark.slow
 def test_an_exception_in_forward_is_reported_without_its_message(inspected, files):
     result, _, log = inspected["raises"]
     assert result == {"status": "invalid", "error": "forward raised torch.jit.Error"}

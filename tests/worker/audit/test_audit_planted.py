@@ -15,6 +15,7 @@ from worker.audit import finalize, run_sanity, unit_partial
 from worker.audit.faithfulness import predict_fn
 from worker.audit.report import validate_report
 
+pytestmark = pytest.mark.slow     # every test here trains the two models
 SEED = int(os.environ.get("XAIQ_AUDIT_TEST_SEED", "0"))
 UNIT = 32
 FAITH_IMAGES = 128     # faithfulness on the first units only (time)

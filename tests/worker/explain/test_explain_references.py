@@ -63,7 +63,6 @@ def filter_explaination(x, model, cnnid, filterid, iteration=100, lr=1):
 # -------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_saliency_equals_the_seed_and_captum(digits):
     model, x, y = digits
     ours = E.saliency(model, x, y)
@@ -128,7 +127,6 @@ def test_integrated_gradients_equal_captum(setup, baseline):
     np.testing.assert_allclose(ours, ref.detach().numpy(), rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.slow
 def test_gradcam_equals_captum(setup):
     _, model, x, y, layer = setup
     module = model.get_submodule(layer)
@@ -140,7 +138,6 @@ def test_gradcam_equals_captum(setup):
     assert all(p.grad is None for p in model.parameters())
 
 
-@pytest.mark.slow
 def test_gradcam_default_layer_is_the_last_conv(digits):
     model, x, y = digits
     np.testing.assert_array_equal(E.gradcam(model, x, y), E.gradcam(model, x, y, layer="cnn.8"))

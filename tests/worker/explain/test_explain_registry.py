@@ -97,7 +97,6 @@ def test_state_restored_after_an_error(name, digits):
     assert all(p.grad is None for p in broken.parameters())
 
 
-@pytest.mark.slow
 def test_public_functions_default_labels_and_devices(digits):
     model, x, y = digits
     pred = model(x).argmax(1)

@@ -145,7 +145,6 @@ class Shared(nn.Module):
         return self.fc(self.act(2, t).flatten(1))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", REWIRING)
 def test_in_place_and_reused_activations(name, tiny):
     """The re-wired methods give the same maps with in-place ReLUs, and with one ReLU module

@@ -161,7 +161,6 @@ def separated(model: nn.Module) -> nn.Module:
     return model
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("baseline", ["zeros", "mean"])
 def test_deeplift_equals_captum_and_sums_to_delta(net, baseline):
     _, model, x, y = net
@@ -176,7 +175,6 @@ def test_deeplift_equals_captum_and_sums_to_delta(net, baseline):
     np.testing.assert_allclose(ours.reshape(len(x), -1).sum(1), delta, rtol=1e-4, atol=1e-5 * np.abs(delta).max())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("window, stride, baseline", [(6, 3, "zeros"), (7, 5, "mean"), (4, 4, "zeros")])
 def test_occlusion_equals_captum(net, window, stride, baseline):
     _, model, x, y = net

@@ -204,7 +204,6 @@ def test_the_sympy_payload_is_real(programs, tmp_path):
     assert marker.exists()
 
 
-@pytest.mark.slow
 def test_a_static_batch_is_refused_with_the_way_to_export():
     data = _save(_digits(), torch.randn(1, 1, 32, 32), dynamic=False)
     with pytest.raises(ValueError, match="dynamic_shapes"):

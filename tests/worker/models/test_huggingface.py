@@ -231,7 +231,6 @@ class GridWrapped(nn.Module):
         return self.model(x)
 
 
-@pytest.mark.slow
 def test_vit_gradcam_equals_captum_on_the_token_grid(zoo):
     from captum.attr import LayerAttribution, LayerGradCam
 
