@@ -352,7 +352,8 @@ def run_unit(ctx: WorkerContext, item: WorkItem) -> Outcome:
         out.submit(res.store_extras)
         out.wait()
         res.records.items = item_records(res, info["classes"], error)
-        res.records.timings.update(pace(ctx, res.seconds + res.records.timings.get("predict", 0.0),
+        computed = res.seconds + res.records.timings.get("predict", 0.0) + res.records.timings.get("audit", 0.0)
+        res.records.timings.update(pace(ctx, computed,
                                         time.perf_counter() - t0, ctx.storage.requests - requests0 + 1))
         ctx.storage.put(Keys(m.tenant).records(m.id, item.unit), res.records.model_dump_json(exclude_none=True).encode(),
                         "application/json")
