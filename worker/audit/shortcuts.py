@@ -19,7 +19,8 @@ strokes of a digit concentrate relevance too).
    of area <= `max_area_frac` that maximises the excess mass P(B) - region_gamma Q(B):
    where this group's attribution concentrates beyond the rest of the data set.
 4. `select`: candidates of one class whose boxes overlap (IoU > `merge_iou`) are one
-   region (found by several methods or clusters: their names and images are merged);
+   region (found by several methods or clusters: their names are listed, the best one's
+   region and images kept);
    the best regions are taken round robin over the classes (each class's best first)
    up to `candidates`.
 
@@ -189,8 +190,8 @@ def propose(maps: dict[str, np.ndarray], labels: np.ndarray, indices: np.ndarray
 
 
 def select(candidates: list[dict], n: int, merge_iou: float = ProposalParams.merge_iou) -> list[dict]:
-    """Merge one class's overlapping regions (methods and groups listed, images united, the
-    best scoring one's region kept), then take the best `n` round robin over the classes."""
+    """Merge one class's overlapping regions (their methods and groups listed; the best
+    scoring one's region and images kept: the images whose attribution is there), then take the best `n` round robin over the classes."""
     per_class: dict[int, list[dict]] = {}
     for cand in sorted(candidates, key=lambda d: -d["scores"]["excess"]):
         kept = per_class.setdefault(cand["class"], [])
@@ -201,7 +202,6 @@ def select(candidates: list[dict], n: int, merge_iou: float = ProposalParams.mer
         if cand["method"] not in same["methods"]:
             same["methods"].append(cand["method"])
         same["groups"].append(f"{cand['method']}: {cand['group']}")
-        same["image_indices"] = sorted(set(same["image_indices"]) | set(cand["image_indices"]))
     chosen, rank = [], 0
     while len(chosen) < n and any(rank < len(v) for v in per_class.values()):
         for c in sorted(per_class):
