@@ -110,3 +110,30 @@ def test_forward_passes_are_counted_exactly():
     cands = [candidate(c, BOX, np.flatnonzero(y == c).tolist()) for c in (0, 1)]
     *_, summary = run_tests(counted, cands, dict(enumerate(x)), dict(enumerate(y.tolist())), params)
     assert sum(calls) == summary["forward_passes"] == forward_passes(params, len(x))
+
+
+def test_options_are_checked_and_the_tests_passes_are_in_the_estimate():
+    import pydantic
+
+    from api import intake
+    from shared.schemas import AuditOptions
+
+    d = AuditOptions().model_dump()
+    assert (d["shortcut_candidates"], d["shortcut_images"], d["shortcut_controls"], d["shortcut_fill"]) == (12, 64, 4, "swap")
+    assert ShortcutParams.from_options(d) == ShortcutParams()
+    for bad in ({"shortcut_fill": "noise"}, {"shortcut_alpha": 0}, {"shortcut_alpha": 1}, {"shortcut_images": 2},
+                {"shortcut_controls": 0}, {"shortcut_min_effect": 1.5}, {"shortcut_candidates": -1}):
+        with pytest.raises(pydantic.ValidationError):
+            AuditOptions(**bad)
+    opts = dict(d, shortcut_candidates=2, shortcut_images=20, shortcut_controls=3)
+    methods, info = {"saliency": {}}, {"gflops": 1.0, "layers": []}
+    x, y = data(n=90)
+    calls = []
+
+    def counted(px):
+        calls.append(len(px))
+        return box_reader(px)
+    cands = [candidate(c, BOX, np.flatnonzero(y == c).tolist()) for c in (0, 1)]
+    run_tests(counted, cands, dict(enumerate(x)), dict(enumerate(y.tolist())), ShortcutParams.from_options(opts))
+    added = intake.estimate(methods, info, 90, 3, opts) - intake.estimate(methods, info, 90, 3, dict(opts, shortcuts=False))
+    assert added == sum(calls) == 2 * (20 + 20) * (2 + 3)
