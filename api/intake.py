@@ -129,7 +129,7 @@ def estimate(methods: dict, info: dict, n: int, units: int, options: dict | None
         sample = min(n, options["sanity_sample"])
         passes += sum(layers * registry.get(m).cost(p, sample, 1, info) for m, p in methods.items())
         if options.get("shortcuts", True):     # as worker.audit.causal.forward_passes (pool of 128 others)
-            k, others = min(options["shortcut_images"], n), min(options["shortcut_images"], 128, n)
+            k, others = min(options["shortcut_images"], n), min(2 * options["shortcut_images"], 128, n)
             passes += options["shortcut_candidates"] * (k + others) * (2 + options["shortcut_controls"])
     return float(passes) * float(info.get("gflops") or 1.0)
 

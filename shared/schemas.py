@@ -283,8 +283,8 @@ class AuditOptions(Strict):
                             "and cluster of maps), each tested on the model by removing and pasting it")
     shortcut_candidates: int = Field(default=12, ge=0, le=64, description="shortcuts: regions tested (the best of "
                                      "each class first, round robin)")
-    shortcut_images: int = Field(default=64, ge=4, le=512, description="shortcuts: images per test (the class's "
-                                 "images the region is removed from; other images it is pasted into)")
+    shortcut_images: int = Field(default=64, ge=4, le=512, description="shortcuts: the class's images the region is "
+                                 "removed from, per candidate; it is pasted into twice as many others (at most 128)")
     shortcut_controls: int = Field(default=4, ge=1, le=32, description="shortcuts: same-size control regions "
                                    "elsewhere per image, changed alike")
     shortcut_fill: Literal["swap", "blur", "mean"] = Field(

@@ -7,8 +7,9 @@ For a candidate region of class c (all model passes are here; no storage calls):
   there, 'mean' = the image's mean colour); per image, whether it loses class c
   (and the drop of c's probability), minus the mean of the same change made to
   `controls` same-size regions elsewhere in that image.
-- paste: the region of a class-c image is pasted, in place, into up to `images` images of
-  other classes; per image, whether the prediction moves to c (and the rise of c's
+- paste: the region of a class-c image is pasted, in place, into up to 2 x `images` images
+  of other classes (from the pool; a marker the class needs but that is not enough on its
+  own moves only some of them, so this test needs more images than the removal); per image, whether the prediction moves to c (and the rise of c's
   probability), minus the mean of pasting `controls` same-size regions from elsewhere in
   the same source image (each in its own place).
 
@@ -59,7 +60,7 @@ def forward_passes(params: ShortcutParams, n_images: int) -> int:
     """Upper bound of the tests' forward passes for an audit of n images (exact when every
     candidate has `images` images of its class and the pool `images` of other classes)."""
     k = min(params.images, n_images)
-    kp = min(params.images, params.pool, n_images)
+    kp = min(2 * params.images, params.pool, n_images)
     return params.candidates * (k + kp) * (2 + params.controls)
 
 
@@ -198,8 +199,8 @@ def run_tests(predict: Predict, candidates: list[dict], pixels: dict[int, np.nda
         if len(mine) > params.images:
             mine = sorted(rng.choice(mine, params.images, replace=False).tolist())
         rest = [int(i) for i in avail if labels[int(i)] != c]
-        if len(rest) > min(params.images, params.pool):
-            rest = sorted(rng.choice(rest, min(params.images, params.pool), replace=False).tolist())
+        if len(rest) > min(2 * params.images, params.pool):
+            rest = sorted(rng.choice(rest, min(2 * params.images, params.pool), replace=False).tolist())
         if not mine:
             continue
         own = np.stack([pixels[i] for i in mine]).astype(np.float32)

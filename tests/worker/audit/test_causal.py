@@ -136,4 +136,4 @@ def test_options_are_checked_and_the_tests_passes_are_in_the_estimate():
     cands = [candidate(c, BOX, np.flatnonzero(y == c).tolist()) for c in (0, 1)]
     run_tests(counted, cands, dict(enumerate(x)), dict(enumerate(y.tolist())), ShortcutParams.from_options(opts))
     added = intake.estimate(methods, info, 90, 3, opts) - intake.estimate(methods, info, 90, 3, dict(opts, shortcuts=False))
-    assert added == sum(calls) == 2 * (20 + 20) * (2 + 3)
+    assert added == sum(calls) == 2 * (20 + 40) * (2 + 3)
