@@ -116,7 +116,8 @@ def resolve_label(lab, i: int, classes: list[str]) -> int:
 
 def estimate(methods: dict, info: dict, n: int, units: int, options: dict | None = None) -> float:
     """The job's cost in GFLOP: forward passes (registry costs, plus an audit's faithfulness,
-    quality metrics and sanity checks, plus one prediction per image) x the model's GFLOP per image."""
+    quality metrics, sanity checks and shortcut tests, plus one prediction per image) x the model's
+    GFLOP per image."""
     passes = n + sum(registry.get(m).cost(p, n, units, info) for m, p in methods.items())
     if options is not None:
         passes += n * len(methods) * 4 * (options["faithfulness_steps"] + 1)
@@ -127,6 +128,9 @@ def estimate(methods: dict, info: dict, n: int, units: int, options: dict | None
         layers = max(1, sum(1 for layer in info.get("layers", []) if layer.get("out_channels")))
         sample = min(n, options["sanity_sample"])
         passes += sum(layers * registry.get(m).cost(p, sample, 1, info) for m, p in methods.items())
+        if options.get("shortcuts", True):     # as worker.audit.causal.forward_passes (pool of 128 others)
+            k, others = min(options["shortcut_images"], n), min(2 * options["shortcut_images"], 128, n)
+            passes += options["shortcut_candidates"] * (k + others) * (2 + options["shortcut_controls"])
     return float(passes) * float(info.get("gflops") or 1.0)
 
 

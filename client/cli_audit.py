@@ -43,9 +43,14 @@ def audit_with(client: Client, args) -> int:
         raise CliError(f"audit {audit} {state['status']}: {state.get('error')}", 1)
     html = client.download_report(audit, Path(args.out) / audit)
     report = json.loads((html.parent / "report.json").read_text())
-    print(f"accuracy {report['accuracy']:.3f} on {report['n_images']} images; {len(report['flags'])} flag(s)")
-    for flag in report["flags"]:
-        print(f"  {flag['kind']} in class {flag['class_name']!r}: region {flag['evidence']['region']}")
+    near = (report.get("shortcuts") or {}).get("near_misses", [])
+    print(f"accuracy {report['accuracy']:.3f} on {report['n_images']} images; {len(report['flags'])} flag(s), "
+          f"{len(near)} near-miss(es)")
+    for flag in report["flags"] + near:
+        ev = flag["evidence"]
+        print(f"  {flag['kind']} in class {flag['class_name']!r}: region {ev['region']['pixels']}, removal "
+              f"{ev['removal']['accuracy_effect']:+.2f} [{ev['removal']['low']:+.2f}, {ev['removal']['high']:+.2f}], "
+              f"paste {ev['paste']['accuracy_effect']:+.2f} [{ev['paste']['low']:+.2f}, {ev['paste']['high']:+.2f}]")
     print(f"report: {html.resolve()}")
     return 0
 
@@ -90,10 +95,12 @@ def add_audit_command(sub) -> None:
     sp.add_argument("--method", action="append", help="attribution method (repeatable; default saliency)")
     sp.add_argument("--params", help='JSON: parameters per method, e.g. {"integrated_gradients": {"steps": 16}}')
     sp.add_argument("--option", action="append", metavar="KEY=VALUE",
-                    help="an audit option (repeatable; the value is read as JSON), e.g. precision=\"fp32\"")
+                    help="an audit option (repeatable; the value is read as JSON), e.g. precision=\"fp32\", "
+                         "shortcut_candidates=20, shortcut_fill=blur, shortcut_min_effect=0.3")
     sp.add_argument("--faithfulness-steps", type=int, help="deletion/insertion steps (default 16)")
     sp.add_argument("--sanity-sample", type=int, help="images in the weight-randomisation check (default 16; 0: none)")
-    sp.add_argument("--no-shortcuts", action="store_true", help="skip the shortcut search (clustering of maps)")
+    sp.add_argument("--no-shortcuts", action="store_true", help="skip the shortcut search (regions the maps propose, "
+                                                                    "tested on the model)")
     sp.add_argument("--seed", type=int, help="seed of the random parts (default 0)")
     sp.add_argument("--name", help="a name for the audit")
     sp.add_argument("--out", default="xaiq-report", help="the report goes to OUT/<audit>/ (default xaiq-report)")

@@ -339,7 +339,8 @@ class Client:
               **spec) -> str:
         """Audit a local folder (one sub-folder per class; zipped into a temporary file and
         streamed), a .zip, or a folder of your uploads (laid out {folder}/{class}/{image}).
-        `options` (faithfulness_steps, sanity_sample, shortcuts, seed, precision) go in `spec`."""
+        `options` (faithfulness_steps, sanity_sample, shortcuts and shortcut_* (candidates, images,
+        controls, fill, alpha, min_effect, min_removal, min_transfer), seed, precision) go in `spec`."""
         body = {"model": model, "methods": methods or {"saliency": {}}, **spec}
         path = Path(dataset)
         if not (path.is_dir() or path.suffix == ".zip"):

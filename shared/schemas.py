@@ -279,7 +279,25 @@ class ModelDeleted(BaseModel):
 class AuditOptions(Strict):
     faithfulness_steps: int = Field(default=16, ge=2, le=256, description="deletion/insertion steps")
     sanity_sample: int = Field(default=16, ge=0, le=512, description="images in the weight-randomisation check")
-    shortcuts: bool = Field(default=True, description="cluster each class's maps to find shortcuts")
+    shortcuts: bool = Field(default=True, description="find shortcuts: regions the methods' maps propose (per class "
+                            "and cluster of maps), each tested on the model by removing and pasting it")
+    shortcut_candidates: int = Field(default=12, ge=0, le=64, description="shortcuts: regions tested (the best of "
+                                     "each class first, round robin)")
+    shortcut_images: int = Field(default=64, ge=4, le=512, description="shortcuts: the class's images the region is "
+                                 "removed from, per candidate; it is pasted into twice as many others (at most 128)")
+    shortcut_controls: int = Field(default=4, ge=1, le=32, description="shortcuts: same-size control regions "
+                                   "elsewhere per image, changed alike")
+    shortcut_fill: Literal["swap", "blur", "mean"] = Field(
+        default="swap", description="shortcuts: what replaces a removed region: the same region of an image of "
+        "another class ('swap'), the image blurred ('blur') or its mean colour ('mean')")
+    shortcut_alpha: float = Field(default=0.05, gt=0, lt=1, description="shortcuts: family-wise error rate; "
+                                  "intervals at confidence 1 - alpha / tests (Bonferroni)")
+    shortcut_min_effect: float = Field(default=0.25, ge=0, le=1, description="shortcuts: flag when pasting the region "
+                                       "moves at least this share of other images to the class (interval's low end)")
+    shortcut_min_removal: float = Field(default=0.5, ge=0, le=1, description="shortcuts: ... or when removing it "
+                                        "loses the class in at least this share of its images (low end) ...")
+    shortcut_min_transfer: float = Field(default=0.1, ge=0, le=1, description="shortcuts: ... and pasting it moves "
+                                         "at least this share (low end); else a near-miss ('may be the object itself')")
     seed: int = registry.SEED
     precision: registry.Precision = Field(
         default="auto", description="of the deletion/insertion passes: 'auto' picks bf16/fp16 only where the device "

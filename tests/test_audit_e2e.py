@@ -71,11 +71,15 @@ def test_planted_shortcut_is_flagged_with_its_class_and_region(planted_audits):
         assert flag["kind"] == "shortcut"
         assert patch_overlap(flag["evidence"]["region"]["pixels"]) >= 0.5, flag["evidence"]["region"]
         assert len(flag["evidence"]["image_indices"]) >= 8
+        assert flag["evidence"]["removal"]["low"] > 0.5                     # the class needs the patch
+    sc = report["shortcuts"]
+    assert sc["run"] and sc["forward_passes"] > 0 and sc["tests"] == 2 * sc["candidates"]
 
 
 def test_no_flag_without_the_patch(planted_audits):
     _, rep = planted_audits[False]
     assert rep["report"]["flags"] == []
+    assert rep["report"]["shortcuts"]["near_misses"]                       # tested, with their scores
 
 
 def test_report_contents_and_html(planted_audits, client):
@@ -126,6 +130,10 @@ def test_audit_of_a_folder_of_uploads_and_errors(client, digits_model, http):
                          "dataset": (io.BytesIO(zip_of(np.zeros((1, 8, 8), np.uint8), np.array([0]), ["cat"])),
                                      "d.zip")}), 422, "names no class"),
         (http.get("/v1/audits/" + "0" * 32), 404, "unknown"),
+        (http.post("/v1/audits", json={"model": "digits-cnn", "dataset": "datasets/prefix-test",
+                                       "options": {"shortcut_fill": "noise"}}), 422, "shortcut_fill"),
+        (http.post("/v1/audits", json={"model": "digits-cnn", "dataset": "datasets/prefix-test",
+                                       "options": {"shortcut_alpha": 2}}), 422, "shortcut_alpha"),
     ]
     for resp, code, words in bad:
         assert resp.status_code == code, resp.get_json()

@@ -9,14 +9,16 @@ Per work unit (~32 images):
 Final task:
     sanity = run_sanity(model, sample_images, sample_labels, {"saliency": attribute_fn, ...})
     report, html = finalize(storage blobs..., class_names=names, sanity=sanity,
-                            examples=load(example_indices_for(...)))
+                            predict=probabilities_of_pixels, sample=read_pixels_by_index)
 `finalize` merges the partials one by one (bytes are decoded lazily, so a generator
-of downloads keeps one serialised partial in memory at a time).
+of downloads keeps one serialised partial in memory at a time). Shortcuts: every method's
+maps propose regions (`shortcuts`), each is tested on the model (`causal`).
 """
 from __future__ import annotations
 
-__all__ = ["Partial", "QualityParams", "ShortcutParams", "cascading_randomisation", "deletion_insertion",
-           "detect_shortcuts", "finalize", "find_shortcuts", "merge", "run_sanity", "summarise", "unit_partial"]
+__all__ = ["Partial", "ProposalParams", "QualityParams", "ShortcutParams", "cascading_randomisation",
+           "deletion_insertion", "finalize", "find_shortcuts", "merge", "propose", "run_sanity", "select", "summarise",
+           "unit_partial"]
 
 from typing import Callable, Iterable
 
@@ -28,7 +30,9 @@ from .aggregate import Partial, merge, summarise
 from .faithfulness import deletion_insertion
 from .metrics import QualityParams, unit_quality
 from .sanity import cascading_randomisation
-from .shortcuts import ShortcutParams, detect_shortcuts
+from . import causal
+from .causal import ShortcutParams
+from .shortcuts import ProposalParams, propose, select
 
 
 def unit_partial(images, labels, indices, heatmaps: dict[str, np.ndarray], predict: Callable, *,
@@ -67,27 +71,44 @@ def run_sanity(model: torch.nn.Module, images, labels, attributes: dict[str, Cal
     return [cascading_randomisation(model, images, labels, fn, method=name, **kw) for name, fn in attributes.items()]
 
 
-def find_shortcuts(merged: Partial, *, class_names: list[str] | None = None,
-                   params: ShortcutParams = ShortcutParams()) -> list[dict]:
-    """Shortcut flags of every method of a merged partial."""
-    flags = []
-    for m in merged.methods:
-        flags += detect_shortcuts(merged.thumbs[m].astype(np.float32), merged.labels, merged.indices,
-                                  input_size=merged.input_size, params=params, method=m, class_names=class_names)
-    return flags
+def find_shortcuts(merged: Partial, predict: Callable, sample: Callable, *, class_names: list[str] | None = None,
+                   params: ShortcutParams = ShortcutParams()) -> tuple[list[dict], dict, list[dict]]:
+    """Candidates from every method's maps (`shortcuts.propose`/`select`), tested on the
+    model (`causal.run_tests`): (flags, the report's `shortcuts` section, evidence images
+    per flag). predict(pixels) -> probabilities; sample(indices) -> (pixels (n, C, H, W) in
+    [0, 1], indices read) reads up to `params.images` of each candidate's images and a
+    pool of `params.pool` others."""
+    maps = {m: merged.thumbs[m].astype(np.float32) for m in merged.methods}
+    chosen = select(propose(maps, merged.labels, merged.indices, input_size=merged.input_size,
+                            params=ProposalParams(seed=params.seed)), params.candidates)
+    rng = np.random.default_rng(params.seed)
+    for cand in chosen:
+        idx = cand["image_indices"]
+        if len(idx) > params.images:
+            cand["image_indices"] = sorted(int(i) for i in rng.choice(idx, params.images, replace=False))
+    pool = rng.choice(merged.indices, min(params.pool, len(merged.indices)), replace=False)
+    wanted = sorted({int(i) for c in chosen for i in c["image_indices"]} | {int(i) for i in pool})
+    pixels, read = sample(wanted) if chosen else (np.zeros((0,)), [])
+    by_index = dict(zip(merged.indices.tolist(), merged.labels.tolist()))
+    flags, near, evidence, summary = causal.run_tests(
+        predict, chosen, dict(zip(read, pixels)), {i: by_index[i] for i in read}, params, class_names)
+    return flags, {"run": True, **summary, "near_misses": near}, evidence
 
 
 def finalize(partials: Iterable[Partial | bytes], *, class_names: list[str] | None = None,
-             sanity: list[dict] | None = None, examples: dict[int, np.ndarray] | Callable | None = None,
-             shortcut_params: ShortcutParams = ShortcutParams(), meta: dict | None = None,
-             shortcuts: bool = True) -> tuple[dict, str]:
-    """Merge, summarise, detect shortcuts, build report.json (dict) and report.html (str).
-    examples: index -> image, or a callable(list of indices) -> that dict, called with
-    `report.example_indices(flags)` (load only the thumbnails the page shows)."""
+             sanity: list[dict] | None = None, meta: dict | None = None,
+             shortcuts: ShortcutParams | None = ShortcutParams(), predict: Callable | None = None,
+             sample: Callable | None = None) -> tuple[dict, str]:
+    """Merge, summarise, find and test shortcut candidates, build report.json (dict) and
+    report.html (str). `shortcuts` None: not searched; the tests need `predict` (pixels in
+    [0, 1] -> probabilities) and `sample` (see `find_shortcuts`)."""
     merged = merge(partials)
     summary = summarise(merged, class_names)
-    flags = find_shortcuts(merged, class_names=summary["classes"], params=shortcut_params) if shortcuts else []
-    rep = report_mod.build_report(summary, flags, sanity or [], meta=meta)
-    if callable(examples):
-        examples = examples(report_mod.example_indices(flags))
-    return rep, report_mod.render_html(rep, examples)
+    flags, section, evidence = [], {"run": False, "why": "turned off (shortcuts: false)"}, []
+    if shortcuts is not None and (predict is None or sample is None):
+        section["why"] = "no model to test candidates on"
+    elif shortcuts is not None:
+        flags, section, evidence = find_shortcuts(merged, predict, sample, class_names=summary["classes"],
+                                                  params=shortcuts)
+    rep = report_mod.build_report(summary, flags, sanity or [], meta=meta, shortcuts=section)
+    return rep, report_mod.render_html(rep, evidence)

@@ -1,8 +1,8 @@
 """Audits inside the service, as the compute process runs them (model passes only: the
 broker reads and stores). Per unit: deletion/insertion and the quality metrics per method,
 the methods' agreement, correctness and a partial (`audit_unit`); at the end: merge, sanity
-check, shortcuts, the report (`build_report`), with the images it needs fetched by index
-through the broker."""
+check, shortcut candidates tested on the model, the report (`build_report`), with the images
+they need fetched by index through the broker."""
 from __future__ import annotations
 
 import time
@@ -11,8 +11,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from worker import explain, images, render
+from worker import explain, images
 from worker.audit import finalize, run_sanity, unit_partial
+from worker.audit.causal import ShortcutParams
 from worker.audit.aggregate import FAITH_KEYS
 from worker.audit.faithfulness import choose_for_curves
 from worker.audit.metrics import QualityParams, sensitivity_sample
@@ -97,20 +98,40 @@ def sanity(lm, methods: dict, opts: dict, n_images: int, fetch: Fetch, run: RunC
         return [], f"not run: randomising the model failed ({type(e).__name__})"
 
 
+def predictor(lm, run: RunContext) -> Callable[[np.ndarray], np.ndarray]:
+    """pixels (n, C, H, W) in [0, 1] -> the model's probabilities (n, K), in the run's batches."""
+    fwd = run.forward(lm.model)
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(images.standardize(np.asarray(pixels, np.float32), lm.info)).to(lm.device)
+        size = run.batch_size(lm.model, x[0], "predict")
+        with torch.no_grad():
+            return torch.cat([fwd(c).float().softmax(1).cpu() for c in x.split(size)]).numpy()
+    return predict
+
+
+def reader(fetch: Fetch, limit: int = 4096) -> Fetch:
+    """fetch in asks of at most `limit` indices (the broker's limit per ask)."""
+    def sample(indices: list[int]) -> tuple[np.ndarray, list[int]]:
+        parts = [fetch(indices[i:i + limit]) for i in range(0, len(indices), limit)]
+        parts = [(p, r) for p, r in parts if r]
+        if not parts:
+            return np.zeros((0,)), []
+        return np.concatenate([p for p, _ in parts]), [i for _, r in parts for i in r]
+    return sample
+
+
 def build_report(lm, partials: list[bytes], meta: dict, opts: dict, methods: dict, n_images: int, fetch: Fetch,
                  run: RunContext) -> tuple[dict, str]:
-    """Merge the partials, check the maps' sanity on a sample, find shortcuts: (report.json, report.html)."""
+    """Merge the partials, check the maps' sanity on a sample, find shortcut candidates and
+    test them on the model (reading their images by index): (report.json, report.html)."""
     t0 = time.perf_counter()
     checks, why_not = sanity(lm, methods, opts, n_images, fetch, run)
-
-    def examples(indices: list[int]) -> dict[int, np.ndarray]:
-        pixels, read = fetch(sorted(set(indices)))
-        return {i: p for i, p in zip(read, render.input_pictures(pixels))} if read else {}
-
     meta = {**meta, "methods": list(methods), "images": n_images, "options": opts}
     if why_not:
         meta["sanity"] = why_not
-    report, html = finalize(partials, class_names=lm.classes, sanity=checks, examples=examples, meta=meta,
-                            shortcuts=opts["shortcuts"])
+    params = ShortcutParams.from_options(opts) if opts.get("shortcuts", True) else None
+    report, html = finalize(partials, class_names=lm.classes, sanity=checks, meta=meta, shortcuts=params,
+                            predict=predictor(lm, run), sample=reader(fetch))
     report.setdefault("meta", {})["report_seconds"] = round(time.perf_counter() - t0, 2)
     return report, html

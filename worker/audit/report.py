@@ -28,20 +28,41 @@ class Region(_M):
 
 
 class Scores(BaseModel):
+    """How the maps proposed the region (free to grow: extra keys allowed)."""
     model_config = ConfigDict(extra="allow")
     mass: float
     reference_mass: float
+    excess: float
     lift: float
     area_frac: float
-    consistency: float
-    cluster_size: int
+    group_size: int
     class_size: int
+
+
+class Effect(_M):
+    n: int = Field(description="images tested")
+    accuracy_effect: float = Field(description="mean per image: lost (removal) or gained (paste) the class, "
+                                               "minus the same for same-size control regions")
+    low: float
+    high: float
+    probability_effect: float
+    probability_low: float
+    probability_high: float
+    before: float = Field(description="share of the images predicted as the class before")
+    after: float = Field(description="... after the change in the region")
+    control_after: float = Field(description="... after the change in the control regions (mean)")
 
 
 class Evidence(_M):
     region: Region
     image_indices: list[int]
+    methods: list[str]
+    groups: list[str]
     scores: Scores
+    removal: Effect
+    paste: Effect
+    confidence: float
+    reason: str
     prototype: list[list[float]] | None = None
     thresholds: dict[str, Any] | None = None
 
@@ -53,6 +74,21 @@ class Flag(_M):
     method: str | None
     group: str
     evidence: Evidence
+
+
+class NearMiss(Flag):
+    kind: Literal["near_miss"]
+
+
+class Shortcuts(_M):
+    run: bool
+    why: str | None = None
+    candidates: int = 0
+    tests: int = 0
+    confidence: float | None = None
+    forward_passes: int = 0
+    fill: str | None = None
+    near_misses: list[NearMiss] = Field(default_factory=list)
 
 
 class SanityStage(_M):
@@ -149,6 +185,7 @@ class Report(_M):
     per_method: dict[str, MethodSummary]
     agreement: list[Agreement]
     flags: list[Flag]
+    shortcuts: Shortcuts | None = None
     sanity: list[Sanity]
 
 
@@ -163,11 +200,13 @@ def json_schema() -> dict:
 
 # --- report.json -------------------------------------------------------------------
 def build_report(summary: dict, flags: list[dict], sanity: list[dict], class_names: list[str] | None = None,
-                 meta: dict | None = None) -> dict:
-    """The report dict (JSON-ready) from `aggregate.summarise`, `shortcuts.detect_*`
-    flags and `sanity.cascading_randomisation` results."""
+                 meta: dict | None = None, shortcuts: dict | None = None) -> dict:
+    """The report dict (JSON-ready) from `aggregate.summarise`, `causal.run_tests` flags
+    and its section (near-misses), and `sanity.cascading_randomisation` results."""
     report = {"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "meta": dict(meta or {}), **summary, "flags": list(flags), "sanity": list(sanity)}
+              "meta": dict(meta or {}), **summary, "flags": list(flags),
+              "shortcuts": shortcuts if shortcuts is not None else {"run": False, "why": "not searched"},
+              "sanity": list(sanity)}
     if class_names:
         report["classes"] = list(class_names)
     report = json.loads(json.dumps(report, default=_json_default))
@@ -181,11 +220,6 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def example_indices(flags: list[dict], per_flag: int = 6) -> list[int]:
-    """Dataset indices whose thumbnails `render_html` shows for the flags."""
-    return sorted({i for f in flags for i in f["evidence"]["image_indices"][:per_flag]})
 
 
 # --- report.html -------------------------------------------------------------------
@@ -291,27 +325,41 @@ def fig_sanity(report: dict) -> str:
     return _png(fig)
 
 
-def fig_flag(flag: dict, input_size, examples: dict[int, np.ndarray], per_flag: int = 6) -> str:
+def fig_flag(flag: dict, mean_map, input_size, evidence: dict | None) -> str:
+    """The region on the class's mean map, then class images with and without the region,
+    then other images with the region pasted in (each titled with the class's probability)."""
     from matplotlib.patches import Rectangle
 
-    ev = flag["evidence"]
+    ev, evidence = flag["evidence"], evidence or {}
     x0, y0, x1, y1 = ev["region"]["pixels"]
-    shown = [i for i in ev["image_indices"] if i in examples][:per_flag]
-    fig, axes = _subplots(1, 1 + len(shown), (1.8 * (1 + len(shown)), 2.1))
-    proto = np.asarray(ev["prototype"]) if ev.get("prototype") is not None else np.zeros((1, 1))
     H, W = input_size
+    removed, pasted = evidence.get("removed", []), evidence.get("pasted", [])
+    cols = max(1 + len(removed), len(pasted), 1)
+    rows = 1 + 2 * (len(removed) > 0) + 2 * (len(pasted) > 0)
+    fig, axes = _subplots(rows, cols, (1.5 * cols, 1.6 * rows))
+    for a in axes.ravel():
+        a.set_axis_off()
     ax = axes[0, 0]
-    ax.imshow(proto, cmap="inferno", extent=(0, W, H, 0))
-    ax.set_title("cluster prototype", fontsize=8)
-    panels = [(ax, None)] + [(axes[0, j + 1], i) for j, i in enumerate(shown)]
-    for a, i in panels:
-        if i is not None:
-            img = _as_image(examples[i])
-            a.imshow(img, cmap="gray" if img.ndim == 2 else None, extent=(0, W, H, 0), vmin=0, vmax=1)
-            a.set_title(f"#{i}", fontsize=8)
-        a.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=1.5))
-        a.set_xticks([])
-        a.set_yticks([])
+    ax.imshow(np.asarray(mean_map if mean_map is not None else ev.get("prototype") or [[0]]), cmap="inferno",
+              extent=(0, W, H, 0))
+    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=1.5))
+    ax.set_title(f"mean map, class {flag['class_name']}", fontsize=7)
+    ax.set_axis_on()
+    ax.set_xticks([])
+    ax.set_yticks([])
+    r = 1
+    for pairs, first, second in ((removed, "with region", "region replaced"), (pasted, "other class", "region pasted")):
+        if not pairs:
+            continue
+        for j, (before, after, p0, p1) in enumerate(pairs):
+            for row, (img, p, what) in enumerate(((before, p0, first), (after, p1, second))):
+                a = axes[r + row, j]
+                pic = _as_image(img)
+                a.imshow(pic, cmap="gray" if pic.ndim == 2 else None, extent=(0, W, H, 0), vmin=0, vmax=1)
+                a.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=1))
+                a.set_title(f"{what}\np={p:.2f}", fontsize=7)
+        r += 2
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -326,19 +374,47 @@ def _fmt(v) -> str:
     return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
 
 
-def _html_flags(report: dict, examples: dict[int, np.ndarray]) -> list[str]:
+def _effect_text(e: dict, verb: str) -> str:
+    return (f"{verb} {e['accuracy_effect']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}] "
+            f"(probability {e['probability_effect']:+.2f} [{e['probability_low']:+.2f}, {e['probability_high']:+.2f}]; "
+            f"share predicted as the class {e['before']:.2f} → {e['after']:.2f}, controls → {e['control_after']:.2f}; "
+            f"n={e['n']})")
+
+
+def _html_flags(report: dict, evidence: list[dict]) -> list[str]:
     e = html.escape
+    sc = report.get("shortcuts") or {"run": False}
     parts = [f"<h2>Shortcut flags ({len(report['flags'])})</h2>"]
+    if not sc.get("run"):
+        return parts + [f"<p>Shortcut search not run: {e(str(sc.get('why')))}.</p>"]
+    parts.append(f"<p>{sc['candidates']} candidate region(s) proposed by the methods' maps, each tested on the model "
+                 f"({sc['forward_passes']} forward passes, fill '{e(str(sc.get('fill')))}'). Effects are means over "
+                 f"images minus same-size control regions, with {sc['confidence']:.4f} percentile-bootstrap intervals "
+                 f"(Bonferroni over {sc['tests']} tests): removal = share of the class's images that lose the class, "
+                 "paste = share of other images whose prediction moves to the class.</p>")
     if not report["flags"]:
-        parts.append("<p class='ok'>No class's attribution concentrates on a small region that other images do not use.</p>")
-    for f in report["flags"]:
-        s = f["evidence"]["scores"]
+        parts.append("<p class='ok'>No candidate region has a significant effect on the model.</p>")
+    mean_maps = {m: report["per_method"][m]["mean_maps"] for m in report["methods"]}
+    for j, f in enumerate(report["flags"]):
+        ev = f["evidence"]
+        mm = mean_maps.get(f["method"], [None] * (f["class"] + 1))[f["class"]]
         parts.append(
-            f"<div class='flag'><b>class {e(f['class_name'])}</b> ({e(f['kind'])}, method {e(str(f['method']))}, {e(f['group'])}): "
-            f"region {f['evidence']['region']['pixels']} holds {s['mass']:.0%} of the attribution in "
-            f"{s['area_frac']:.1%} of the image, {s['lift']:.1f}x the rest of the data set; consistent in "
-            f"{s['consistency']:.0%} of {s['cluster_size']} images (class size {s['class_size']}).<br>"
-            + _img_tag(fig_flag(f, report["input_size"], examples), "cluster prototype and examples") + "</div>")
+            f"<div class='flag'><b>class {e(f['class_name'])}</b>: region {ev['region']['pixels']} "
+            f"(proposed by {e(', '.join(ev['groups']))}). {e(ev['reason'])}.<br>"
+            f"{_effect_text(ev['removal'], 'removal')}<br>{_effect_text(ev['paste'], 'paste')}<br>"
+            + _img_tag(fig_flag(f, mm, report["input_size"], evidence[j] if j < len(evidence) else None),
+                       "region, images with and without it, and with it pasted in") + "</div>")
+    near = sc.get("near_misses", [])
+    if near:
+        parts.append(f"<h3>Near-misses ({len(near)})</h3><table><tr><th>class</th><th>region</th><th>proposed by</th>"
+                     "<th>removal [interval]</th><th>paste [interval]</th><th>reason</th></tr>" + "".join(
+                         f"<tr><td>{e(n['class_name'])}</td><td>{n['evidence']['region']['pixels']}</td>"
+                         f"<td>{e(', '.join(n['evidence']['methods']))}</td>"
+                         f"<td>{n['evidence']['removal']['accuracy_effect']:+.2f} [{n['evidence']['removal']['low']:+.2f}, "
+                         f"{n['evidence']['removal']['high']:+.2f}]</td>"
+                         f"<td>{n['evidence']['paste']['accuracy_effect']:+.2f} [{n['evidence']['paste']['low']:+.2f}, "
+                         f"{n['evidence']['paste']['high']:+.2f}]</td><td>{e(n['evidence']['reason'])}</td></tr>"
+                         for n in near) + "</table>")
     return parts
 
 
@@ -465,9 +541,10 @@ def _html_sanity(report: dict) -> list[str]:
     return parts
 
 
-def render_html(report: dict, examples: dict[int, np.ndarray] | None = None) -> str:
-    """One self-contained HTML page. examples: dataset index -> image ((H, W), (H, W, 3) or
-    (C, H, W), in [0, 1] or 0..255) for the flagged images (see `example_indices`)."""
+def render_html(report: dict, evidence: list[dict] | None = None) -> str:
+    """One self-contained HTML page. evidence: per flag, `removed` and `pasted` lists of
+    (image before, image after, class probability before, after), images (H, W),
+    (H, W, 3) or (C, H, W) in [0, 1] (from `causal.run_tests`)."""
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>xaiq audit</title><style>{_CSS}</style></head><body>",
              "<h1>xaiq dataset audit</h1>",
@@ -476,7 +553,7 @@ def render_html(report: dict, examples: dict[int, np.ndarray] | None = None) -> 
              f"Accuracy <b>{report['accuracy']:.3f}</b>.</p>"]
     if report["meta"]:
         parts.append("<p>" + ", ".join(f"{e(str(k))}: <code>{e(str(v))}</code>" for k, v in report["meta"].items()) + "</p>")
-    parts += _html_flags(report, examples or {})
+    parts += _html_flags(report, evidence or [])
     parts.append("<h2>Accuracy</h2>" + _img_tag(fig_confusion(report), "confusion matrix"))
     parts.append("<table><tr><th>class</th><th>images</th><th>correct</th><th>accuracy</th></tr>" + "".join(
         f"<tr><td>{e(p['name'])}</td><td>{p['count']}</td><td>{p['correct']}</td><td>{_fmt(p['accuracy'])}</td></tr>"
