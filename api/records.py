@@ -140,6 +140,7 @@ def item_view(job: str, rec: UnitRecords, item: ItemRecord, methods: list[str]) 
     out.pop("pictures", None)
     out.update(fields)
     out["timings"], out["precision"], out["worker"] = rec.timings, rec.precision, rec.worker
+    out["precision_guard"] = rec.precision_guard
     out["unit"] = rec.unit
     if item.status == "done":
         out["methods"] = {m: {"png": signing.sign(item_path(job, item.index, m, "png"), p) if m in item.pictures

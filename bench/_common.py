@@ -38,6 +38,15 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def cpu_timed(fn, device) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds, all threads) of one call."""
+    sync(device)
+    t, c = time.perf_counter(), time.process_time()
+    fn()
+    sync(device)
+    return time.perf_counter() - t, time.process_time() - c
+
+
 def timed(fn, device) -> float:
     sync(device)
     t = time.perf_counter()
@@ -74,6 +83,58 @@ def food11(device, size: int = 128):
     if size != 128:
         m.cnn.append(nn.AdaptiveAvgPool2d(4))
     return m.to(device).eval()
+
+
+PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "text", "hubble_deep_field", "immunohistochemistry",
+          "camera", "coins", "moon", "page"]   # 11 classes: one per photo (grey ones as RGB)
+
+
+def crop(k: int, size: int = 128, photo_name: str | None = None) -> np.ndarray:
+    """A (size, size, 3) float32 crop in [0, 1] of one of skimage's sample photos (`PHOTOS[k % 11]`
+    unless `photo_name`), a random square of 50..100% of the short side (seeded by k)."""
+    from skimage import data
+    from skimage.color import gray2rgb
+    from skimage.transform import resize
+
+    img = getattr(data, photo_name or PHOTOS[k % len(PHOTOS)])()
+    img = gray2rgb(img) if img.ndim == 2 else img[..., :3]
+    rng = np.random.default_rng(k)
+    h, w = img.shape[:2]
+    side = int(min(h, w) * rng.uniform(0.5, 1.0))
+    y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+    return resize(img[y:y + side, x:x + side], (size, size), anti_aliasing=True).astype(np.float32)
+
+
+def trained_food11(steps: int = 40, device="cpu", batch: int = 16, cache: Path | None = ROOT / "bench/out"):
+    """The seed's food-11 CNN (PyTorch's default init) trained briefly: `steps` Adam steps
+    (lr 1e-3) on crops of 11 sample photos, one class each. Its logits move by units
+    across LIME's perturbations, and bf16 can change LIME's answer on it, as on the model
+    of the issue. The weights are kept in `cache` (a few seconds to load, about a minute
+    to train on 2 cores); eval mode."""
+    import torch.nn.functional as F
+
+    from worker.models.architectures import Food11CNN
+
+    torch.manual_seed(0)
+    m = Food11CNN()
+    file = cache / f"food11-trained-{steps}x{batch}.pt" if cache else None
+    if file is not None and file.exists():
+        m.load_state_dict(torch.load(file, weights_only=True))
+        return m.to(device).eval()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    m.train()
+    for step in range(steps):
+        ks = [step * batch + i for i in range(batch)]
+        x = torch.tensor(np.stack([crop(k + 1000) for k in ks])).permute(0, 3, 1, 2)
+        y = torch.tensor([k % len(PHOTOS) for k in ks])
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+    m.eval()
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(m.state_dict(), file)
+    return m.to(device)
 
 
 def photo(size: int) -> np.ndarray:
@@ -131,15 +192,18 @@ def seed_filter_explaination(x, model, cnnid, filterid, iteration=100, lr=1):
     return filter_activations, x.detach().cpu()[0]
 
 
-def seed_lime(model, hwc: np.ndarray, samples: int, device, seg):
+def seed_lime(model, hwc: np.ndarray, samples: int, device, seg, dtype=torch.float32, random_state=None,
+              top_labels: int = 5):
     """The seed's pipeline: the `lime` package with batch_size=10 and the seed's classifier_fn
-    (it returned logits; lime's cost is the same)."""
+    (it returned logits; lime's cost is the same), its forward under autocast for a reduced
+    `dtype` (the same precision as the pipeline it is compared with)."""
     from lime.lime_image import LimeImageExplainer
 
     def predict(inp):
-        with torch.no_grad():
-            return model(torch.FloatTensor(inp).permute(0, 3, 1, 2).to(device)).detach().cpu().numpy()
+        with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
+            return model(torch.FloatTensor(inp).permute(0, 3, 1, 2).to(device)).float().detach().cpu().numpy()
 
     with contextlib.redirect_stderr(io.StringIO()):
-        return LimeImageExplainer().explain_instance(hwc.astype(np.double), predict, segmentation_fn=seg,
-                                                     num_samples=samples, batch_size=10)
+        return LimeImageExplainer(random_state=random_state).explain_instance(
+            hwc.astype(np.double), predict, segmentation_fn=seg, num_samples=samples, batch_size=10,
+            top_labels=top_labels)

@@ -167,7 +167,8 @@ class UnitRecords(Contract):
     extras: dict[str, Span] = {}           # per-unit pictures (figure, filter visualisations) in `extras_key`
     extras_key: str | None = None
     timings: dict[str, float] = {}
-    precision: dict[str, str] = {}
+    precision: dict[str, str] = {}         # method -> the dtype its passes ran in
+    precision_guard: dict[str, str] = {}   # method -> the precision guard's verdict, in words
     worker: str = ""
     items: list[ItemRecord] = Field(default_factory=list)
 

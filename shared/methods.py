@@ -24,9 +24,10 @@ from shared.formats import MODEL_FORMATS, formats_with
 SEED = Field(default=0, ge=0, lt=2**32, description="random seed (0 .. 2**32 - 1)")
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 FORWARD_PRECISION = Field(
-    default="auto", description="of the forward-only passes: 'auto' picks bf16/fp16 only where the device runs it "
-    "fast (CUDA tensor cores, CPUs with AMX or AVX512-BF16), else fp32; a reduced one that disagrees with fp32 on "
-    "the images themselves falls back to fp32")
+    default="auto", description="of the forward-only passes: 'fp32', 'bf16' or 'fp16' runs as asked; 'auto' picks "
+    "bf16/fp16 only where the device runs it fast (CUDA tensor cores, CPUs with AMX or AVX512-BF16) and the model's "
+    "outputs in it agree with fp32 on a probe of the method's own inputs, else fp32. The guard's verdict is in each "
+    "item's `precision_guard`")
 GRADIENT_PRECISION = Field(
     default="fp32", description="of the forward passes under the gradients: fp32 unless asked ('auto' as for LIME)")
 

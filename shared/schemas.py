@@ -159,6 +159,11 @@ class ResultItem(BaseModel):
     methods: dict[str, MethodResult] = {}
     error: str | None = None
     timings: dict[str, float] = {}
+    precision: dict[str, str] = Field(default={}, description="method -> the dtype its passes ran in "
+                                      "('fp32', 'bf16', 'fp16'): the one asked for, or under 'auto' the guard's choice")
+    precision_guard: dict[str, str] = Field(
+        default={}, description="method -> the precision guard's verdict in words: how far the reduced dtype's "
+        "outputs were from fp32 on a probe, whether that decided the precision ('auto') or not (an explicit one)")
     input: str | None = Field(default=None, description="signed link of the image as it was given")
     unit: int | None = None
 

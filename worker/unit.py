@@ -214,6 +214,8 @@ class Part:
                                                 or pics.shape[3] != 3):
             raise ComputeFailed(f"the compute process sent pictures of the wrong shape for {name}", killed=False)
         self.res.records.precision[name] = str(h.get("precision", "fp32"))[:8]
+        if h.get("guard"):   # the precision guard's verdict, whether or not it decided the precision
+            self.res.records.precision_guard[name] = str(h["guard"])[:400]
         self.res.seconds += float(h.get("seconds") or 0)
         self.maps[name] = maps
         if m.pictures and pics is not None:

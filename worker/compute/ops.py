@@ -75,7 +75,8 @@ def send_method(state, name: str, r: explain.Explanation, seconds: float, pictur
         arrays["pictures"] = as_bytes(r.pictures)
         arrays |= {f"extra_picture:{k}": as_bytes(v) for k, v in r.extra_pictures.items()}
     arrays |= {f"extra:{k}": np.asarray(v, np.float32) for k, v in r.extras.items()}
-    state.reply({"kind": "method", "name": name, "precision": r.precision, "seconds": seconds}, arrays)
+    state.reply({"kind": "method", "name": name, "precision": r.precision, "guard": r.guard, "seconds": seconds},
+                arrays)
 
 
 def unit(state, header: dict, arrays: dict) -> None:

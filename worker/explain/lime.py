@@ -59,6 +59,7 @@ class LimeExplanation:
     top_labels: list = field(default_factory=list)  # explained labels, most probable first
     probabilities: np.ndarray | None = None         # (K,) the classifier's outputs for the image itself
     precision: str = "fp32"                         # the dtype the perturbations were scored in
+    guard: str = ""                                 # the precision guard's verdict (`precision.Verdict`)
 
     def weight_map(self, label) -> np.ndarray:
         """(H, W) float32: each pixel's superpixel weight for `label` (0 where unselected)."""
@@ -244,19 +245,19 @@ def lime_many(model: nn.Module, images: torch.Tensor, labels=None, num_samples: 
         pool = run.pool
         if pool is None and len(x) > 1:   # the run brings no side threads: this call's own
             pool = stack.enter_context(ThreadPoolExecutor(side_threads(), thread_name_prefix="xaiq-lime"))
-        fits, dtype = _stream(model, x, labels, num_samples, n_segments, compactness, sigma, seed, top_labels,
+        fits, choice = _stream(model, x, labels, num_samples, n_segments, compactness, sigma, seed, top_labels,
                               batch_size, segmentation_fn, num_features, feature_selection, kernel_width, outputs,
                               precision, run, pool)
         results = [f.result() for f in fits]
     for r in results:
-        r.precision = NAMES[dtype]
+        r.precision, r.guard = NAMES[choice.dtype], str(choice.verdict)
     return results
 
 
 def _stream(model, x, labels, num_samples, n_segments, compactness, sigma, seed, top_labels, batch_size,
             segmentation_fn, num_features, feature_selection, kernel_width, outputs, precision, run, pool):
     """Segment in `pool`, score every image's perturbations in one stream, fit in `pool`:
-    (the fits' futures, the dtype the scoring ran in)."""
+    (the fits' futures, the precision `Choice` the scoring ran with)."""
     hwcs = to_numpy(x.permute(0, 2, 3, 1))
     segment = segmentation_fn or (lambda a: slic_segments(a, n_segments, compactness, sigma))
     segs = [submit(pool, segment, h.astype(np.float64)) for h in hwcs]   # float64: what lime hands it
@@ -272,16 +273,16 @@ def _stream(model, x, labels, num_samples, n_segments, compactness, sigma, seed,
     with evaluating(model):
         first = perturbed(0)
         probe = min(PROBE, num_samples)   # the guard's probe: the first image's first perturbations
-        forward, dtype, scored = choose_scored(model, precision, first.rows(0, probe), run)
-        size = batch_size or run.batch_size(model, x[0], "lime", dtype, cap=len(x) * num_samples)
-        stream = Stream(forward, size, x[0], outputs, done, run.checkpoint)
-        if scored is not None:   # the guard scored these rows already, in the chosen precision
-            first.outputs.append(stream.scores(scored))
-        stream.add(first, probe if scored is not None else 0)
+        choice = choose_scored(model, precision, first.rows(0, probe), run)
+        size = batch_size or run.batch_size(model, x[0], "lime", choice.dtype, cap=len(x) * num_samples)
+        stream = Stream(choice.forward, size, x[0], outputs, done, run.checkpoint)
+        if choice.scored is not None:   # the guard scored these rows already, in the chosen precision
+            first.outputs.append(stream.scores(choice.scored))
+        stream.add(first, probe if choice.scored is not None else 0)
         for i in range(1, len(x)):
             stream.add(perturbed(i))
         stream.flush()
-    return fits, dtype
+    return fits, choice
 
 
 def lime(model: nn.Module, image: torch.Tensor, num_samples: int = 1000, n_segments: int = 100,
@@ -293,9 +294,9 @@ def lime(model: nn.Module, image: torch.Tensor, num_samples: int = 1000, n_segme
     None: the `top_labels` most probable. segmentation_fn: (H,W,C) numpy -> (H,W) ints
     (default: `slic_segments`). batch_size None: the service's measured size, else a default.
     outputs: "logits" (the course exercise) or "probabilities" (softmax) are what the surrogate fits.
-    precision: of the scoring passes, 'auto' (reduced only where the device runs it fast), 'fp32',
-    'bf16' or 'fp16'; a reduced one that disagrees with fp32 on 16 of the perturbed copies
-    (`precision.choose`) falls back to fp32."""
+    precision: of the scoring passes, 'fp32', 'bf16' or 'fp16' as asked, or 'auto': the device's
+    fast reduced dtype unless it disagrees with fp32 on 16 of the perturbed copies
+    (`precision.choose_scored`), else fp32. The guard's verdict is in `.guard` either way."""
     return lime_many(model, image[None], None if labels is None else [labels], num_samples, n_segments,
                      compactness, sigma, seed, top_labels, batch_size, segmentation_fn, num_features,
                      feature_selection, kernel_width, outputs, precision, run)[0]
@@ -313,4 +314,4 @@ def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params
     pics = [r.image_and_mask(t, positive_only=params.positive_only, num_features=params.num_features,
                              min_weight=params.min_weight, image=shown[i])[0] for i, (r, t) in enumerate(zip(rs, labs))]
     return Explanation(maps=maps, pictures=np.stack(pics).astype(np.float32).clip(0, 1), heatmaps=maps,
-                       precision=rs[0].precision)
+                       precision=rs[0].precision, guard=rs[0].guard)

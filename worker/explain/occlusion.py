@@ -26,7 +26,7 @@ from .context import DEFAULT, RunContext
 from .hooks import evaluating
 from .integrated_gradients import baseline_of
 from .pictures import overlay, to_numpy
-from .precision import NAMES, choose
+from .precision import NAMES, choose_scored
 from .result import Explanation
 
 
@@ -51,7 +51,8 @@ def windows(rows: torch.Tensor, cols: torch.Tensor, window: int, h: int, w: int)
 def occlusion_tensor(model: nn.Module, images: torch.Tensor, labels=None, window: int = 16, stride: int = 8,
                      baseline: str = "zeros", precision: str = "auto", batch_size: int | None = None,
                      run: RunContext = DEFAULT):
-    """(attributions (N,C,H,W) on the model's device, labels used, the dtype the passes ran in)."""
+    """(attributions (N,C,H,W) on the model's device, labels used, the precision `Choice` the
+    passes ran with: its dtype and the guard's verdict)."""
     x, y = prepare(model, images, labels)
     n, c, h, w = x.shape
     rr, cc = offsets(h, window, stride).to(x.device), offsets(w, window, stride).to(x.device)
@@ -62,7 +63,8 @@ def occlusion_tensor(model: nn.Module, images: torch.Tensor, labels=None, window
         if y is None:
             y = predicted(model, x, run=run)
         first = windows(rows[:16], cols[:16], window, h, w)[:, None]
-        forward, dtype = choose(model, precision, torch.cat([x[:1], torch.where(first, b[:1], x[:1])]), run)
+        choice = choose_scored(model, precision, torch.cat([x[:1], torch.where(first, b[:1], x[:1])]), run)
+        forward, dtype = choice.forward, choice.dtype
 
         def logp(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             return F.log_softmax(forward(inputs), 1).gather(1, targets[:, None])[:, 0]
@@ -77,7 +79,7 @@ def occlusion_tensor(model: nn.Module, images: torch.Tensor, labels=None, window
             masks = windows(rows[p], cols[p], window, h, w)
             drop = full[i] - logp(torch.where(masks[:, None], b[i], x[i]), y[i])
             total.index_add_(0, i, drop.view(-1, 1, 1) * masks)
-    return (total / count)[:, None].expand(n, c, h, w).contiguous(), y, dtype
+    return (total / count)[:, None].expand(n, c, h, w).contiguous(), y, choice
 
 
 def occlusion(model: nn.Module, images: torch.Tensor, labels=None, window: int = 16, stride: int = 8,
@@ -91,8 +93,8 @@ def explain(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, params
             run: RunContext = DEFAULT) -> Explanation:
     """maps: (N,C,H,W) signed drops (equal over channels, as Captum gives them); heatmaps:
     (N,H,W) the drop per pixel; pictures: jet overlay of its positive part."""
-    a, _, dtype = occlusion_tensor(model, images, labels, params.window, params.stride, params.baseline,
+    a, _, choice = occlusion_tensor(model, images, labels, params.window, params.stride, params.baseline,
                                    params.precision, run=run)
     heat = a[:, 0]
     return Explanation(maps=to_numpy(a), pictures=overlay(images, heat.clamp_min(0)), heatmaps=to_numpy(heat),
-                       precision=NAMES[dtype])
+                       precision=NAMES[choice.dtype], guard=str(choice.verdict))

@@ -17,7 +17,10 @@ class Explanation:
     extras:    per-batch artefacts that belong to no single image, name -> array
                (e.g. the filter visualizations, (F, C, H, W)); pictures of them are
                rendered from `extra_pictures`.
-    precision: the dtype its passes ran in ('fp32', 'bf16', 'fp16'), after the guard.
+    precision: the dtype its passes ran in ('fp32', 'bf16', 'fp16'): the one asked for, or
+               under 'auto' the guard's choice.
+    guard:     the precision guard's verdict in words (`precision.Verdict`), '' for methods
+               without one.
     """
 
     maps: np.ndarray
@@ -26,3 +29,4 @@ class Explanation:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     extra_pictures: dict[str, np.ndarray] = field(default_factory=dict)
     precision: str = "fp32"
+    guard: str = ""

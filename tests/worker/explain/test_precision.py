@@ -1,6 +1,7 @@
 """Precision as a choice with a guard: what 'auto' means on a device, reduced-precision
 LIME agreeing with fp32 as closely as two fp32 seeds agree with each other (the food-11
-CNN and the digits model), and the fall-back to fp32 when a model disagrees."""
+CNN and the digits model), the fall-back to fp32 under 'auto' when a model disagrees, and
+an explicit precision honoured with the guard's verdict recorded."""
 from __future__ import annotations
 
 import numpy as np
@@ -98,11 +99,18 @@ def test_reduced_lime_agrees_with_fp32_on_the_food11_cnn():
     check_agreement(model, x, y, "bf16", samples=80, n_segments=30)
 
 
+def auto_is_bf16(monkeypatch) -> None:
+    """'auto' as on a CPU with AVX512-BF16 or AMX (this test's machine may have neither)."""
+    monkeypatch.setattr(P, "cpu_features", lambda: {"avx512_bf16": True})
+
+
 @pytest.mark.slow
-def test_the_guard_keeps_fp32_where_the_outputs_barely_move():
+def test_the_guard_keeps_fp32_under_auto_where_the_outputs_barely_move(monkeypatch):
+    auto_is_bf16(monkeypatch)
     model, x = default_food11(), photos(32)[:1]
-    r = E.lime(model, x[0], num_samples=40, n_segments=30, seed=0, precision="bf16", labels=[1])
+    r = E.lime(model, x[0], num_samples=40, n_segments=30, seed=0, precision="auto", labels=[1])
     assert r.precision == "fp32"
+    assert r.guard.startswith("auto: fp32; bf16 disagrees with fp32 on 16 probe inputs"), r.guard
 
 
 class Drifts(nn.Module):
@@ -117,15 +125,53 @@ class Drifts(nn.Module):
         return out + 100.0 * float(torch.is_autocast_enabled(x.device.type))
 
 
-def test_a_reduced_dtype_that_disagrees_falls_back_to_fp32():
+def test_a_reduced_dtype_that_disagrees_falls_back_to_fp32_under_auto(monkeypatch):
+    auto_is_bf16(monkeypatch)
     model = Drifts().eval()
     x = torch.rand(2, 3, 8, 8)
-    forward, dtype = P.choose(model, "bf16", x)
-    assert dtype == torch.float32
-    torch.testing.assert_close(forward(x), model(x))
-    r = E.lime(model, x[0], num_samples=30, n_segments=8, seed=0, precision="bf16", labels=[0])
-    assert r.precision == "fp32"
+    c = P.choose_scored(model, "auto", x)
+    assert c.dtype == torch.float32 and c.verdict.ran == "fp32" and c.verdict.tried == "bf16"
+    assert c.verdict.agrees is False and c.verdict.error > 1
+    torch.testing.assert_close(c.forward(x), model(x))
+    torch.testing.assert_close(c.scored, model(x))              # the probe's fp32 scores are kept
+    r = E.lime(model, x[0], num_samples=30, n_segments=8, seed=0, precision="auto", labels=[0])
+    assert r.precision == "fp32" and r.guard.startswith("auto: fp32; bf16 disagrees with fp32")
     assert P.agrees(model(x), model(x) + 1e-4) and not P.agrees(model(x), model(x) + 100)
+
+
+def test_an_explicit_precision_is_honoured_and_the_verdict_recorded(monkeypatch):
+    """bf16 asked for runs in bf16 even where the guard finds it far from fp32 (the issue: the
+    guard overrode it); the verdict says so, in the result and the method's Explanation."""
+    model = Drifts().eval()
+    x = torch.rand(2, 3, 8, 8)
+    c = P.choose_scored(model, "bf16", x)
+    assert c.dtype == torch.bfloat16 and c.verdict.asked == "bf16" and c.verdict.ran == "bf16"
+    assert c.verdict.agrees is False
+    torch.testing.assert_close(c.forward(x), model(x) + 100, atol=0.5, rtol=0.05)   # the bf16 forward
+    r = E.lime(model, x[0], num_samples=30, n_segments=8, seed=0, precision="bf16", labels=[0])
+    assert r.precision == "bf16"
+    assert r.guard.startswith("bf16: bf16 as asked; bf16 disagrees with fp32 on 16 probe inputs")
+    assert r.guard.endswith("'auto' would run fp32")
+    from shared.methods import LimeParams, OcclusionParams
+
+    e = E.run("lime", model, x, torch.tensor([0, 1]), LimeParams(num_samples=30, n_segments=8, precision="bf16"))
+    assert e.precision == "bf16" and "disagrees" in e.guard
+    o = E.run("occlusion", model, x, torch.tensor([0, 1]), OcclusionParams(window=4, stride=4, precision="bf16"))
+    assert o.precision == "bf16" and "disagrees" in o.guard
+    f = E.run("lime", model, x, torch.tensor([0, 1]), LimeParams(num_samples=30, n_segments=8, precision="fp32"))
+    assert f.precision == "fp32" and f.guard == "fp32: fp32 (as asked; no check)"
+
+
+def test_auto_keeps_an_agreeing_reduced_dtype_and_says_why(monkeypatch):
+    auto_is_bf16(monkeypatch)
+    model = small_food11()
+    x = photos(32)
+    c = P.choose_scored(model, "auto", x)
+    assert c.dtype == torch.bfloat16 and c.verdict.agrees and str(c.verdict).startswith("auto: bf16; bf16 agrees")
+    monkeypatch.setattr(P, "cpu_features", lambda: {"avx2": True})
+    c = P.choose_scored(model, "auto", x)
+    assert c.dtype == torch.float32 and c.scored is None
+    assert str(c.verdict) == "auto: fp32 (this device runs no reduced precision fast; no check)"
 
 
 @pytest.mark.slow
