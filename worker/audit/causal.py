@@ -120,6 +120,9 @@ def _predict(predict: Predict, x: list[np.ndarray], counter: list[int]) -> np.nd
 
 
 def _effect(acc: np.ndarray, prob: np.ndarray, confidence: float, params: ShortcutParams, rng, **raw) -> dict:
+    if len(acc) == 0:     # no image to test on (an audit of one class has none to paste into): no effect seen
+        return {"n": 0, "accuracy_effect": 0.0, "low": 0.0, "high": 0.0, "probability_effect": 0.0,
+                "probability_low": 0.0, "probability_high": 0.0, **{k: 0.0 for k in raw}}
     lo, hi = bootstrap_interval(acc, confidence, params.resamples, rng)
     plo, phi = bootstrap_interval(prob, confidence, params.resamples, rng)
     return {"n": int(len(acc)), "accuracy_effect": round(float(acc.mean()), 4), "low": round(lo, 4),
@@ -140,7 +143,7 @@ def check_candidate(predict: Predict, cand: dict, own: np.ndarray, others: np.nd
     batch = list(own) + [_fill(own[i], donors[i], box, params.fill) for i in range(k)] + \
         [_fill(own[i], donors[i], b, params.fill) for i in range(k) for b in ctrl[i]]
     p = _predict(predict, batch, counter)
-    p0, p1, pc = p[:k], p[k:2 * k], p[2 * k:].reshape(k, nc, -1)
+    p0, p1, pc = p[:k], p[k:2 * k], p[2 * k:].reshape(k, nc, p.shape[1])
     in0, in1, inc = p0.argmax(1) == c, p1.argmax(1) == c, pc.argmax(2) == c
     acc = (in0.astype(float) - in1) - (in0[:, None].astype(float) - inc).mean(1)
     prob = (p0[:, c] - p1[:, c]) - (p0[:, c][:, None] - pc[:, :, c]).mean(1)
@@ -152,7 +155,7 @@ def check_candidate(predict: Predict, cand: dict, own: np.ndarray, others: np.nd
     batch = list(others) + [_paste(others[j], sources[j], box) for j in range(kp)] + \
         [_paste(others[j], sources[j], b) for j in range(kp) for b in ctrl_p[j]]
     q = _predict(predict, batch, counter) if kp else np.zeros((0, p.shape[1]))
-    q0, q1, qc = q[:kp], q[kp:2 * kp], q[2 * kp:].reshape(kp, nc, -1)
+    q0, q1, qc = q[:kp], q[kp:2 * kp], q[2 * kp:].reshape(kp, nc, q.shape[1])   # kp may be 0: one class
     out0, out1, outc = q0.argmax(1) == c, q1.argmax(1) == c, qc.argmax(2) == c
     acc = (out1.astype(float) - out0) - (outc.astype(float) - out0[:, None]).mean(1)
     prob = (q1[:, c] - q0[:, c]) - (qc[:, :, c] - q0[:, c][:, None]).mean(1)
