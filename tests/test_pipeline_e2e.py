@@ -56,7 +56,7 @@ def test_bulk_saliency_job_of_64_images_matches_captum(client, admin, digits_mod
     assert (pred == labels).mean() > 0.9  # the shipped model is right on real digits
     for it in items:   # each unit says how busy the device was and what its methods ran in
         assert 0 < it["timings"]["device_busy"] <= 1 and it["timings"]["unit"] > 0
-        assert it["precision"] == {"saliency": "fp32"}
+        assert it["precision"] == {"saliency": "fp32"} and it["precision_guard"] == {}   # saliency has no guard
     scraped = admin.session.get(f"{admin.server}/metrics", timeout=10).text   # /metrics needs the admin key
     metrics = dict(line.rsplit(" ", 1) for line in scraped.splitlines() if line.startswith("xaiq_"))
     assert float(metrics["xaiq_device_seconds_total"]) > 0
