@@ -14,6 +14,7 @@ from api import auth, connections, records
 from api.errors import ApiError
 from shared import methods as registry
 from shared.jobs import LimitExceeded
+from shared.schemas import shortcut_passes
 
 JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
@@ -128,9 +129,9 @@ def estimate(methods: dict, info: dict, n: int, units: int, options: dict | None
         layers = max(1, sum(1 for layer in info.get("layers", []) if layer.get("out_channels")))
         sample = min(n, options["sanity_sample"])
         passes += sum(layers * registry.get(m).cost(p, sample, 1, info) for m, p in methods.items())
-        if options.get("shortcuts", True):     # as worker.audit.causal.forward_passes (pool of 128 others)
-            k, others = min(options["shortcut_images"], n), min(2 * options["shortcut_images"], 128, n)
-            passes += options["shortcut_candidates"] * (k + others) * (2 + options["shortcut_controls"])
+        if options.get("shortcuts", True):
+            passes += shortcut_passes(options["shortcut_candidates"], options["shortcut_images"],
+                                      options["shortcut_controls"], n)
     return float(passes) * float(info.get("gflops") or 1.0)
 
 

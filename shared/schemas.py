@@ -281,6 +281,17 @@ class ModelDeleted(BaseModel):
     shared: bool = Field(description="it was a shared model")
 
 
+SHORTCUT_POOL = 128      # other classes' images at most that a shortcut test pastes into
+
+
+def shortcut_passes(candidates: int, images: int, controls: int, n_images: int, pool: int = SHORTCUT_POOL) -> int:
+    """Forward passes of an audit's shortcut tests, at most (exact when every candidate has
+    `images` images of its class and the pool enough of the others): each tested image once
+    as it is, once changed at the region and once at each control region."""
+    k, others = min(images, n_images), min(2 * images, pool, n_images)
+    return candidates * (k + others) * (2 + controls)
+
+
 class AuditOptions(Strict):
     faithfulness_steps: int = Field(default=16, ge=2, le=256, description="deletion/insertion steps")
     sanity_sample: int = Field(default=16, ge=0, le=512, description="images in the weight-randomisation check")

@@ -32,6 +32,8 @@ from typing import Callable, Literal
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from shared.schemas import SHORTCUT_POOL, shortcut_passes
+
 Predict = Callable[[np.ndarray], np.ndarray]   # pixels (n, C, H, W) in [0, 1] -> probabilities (n, K)
 
 
@@ -45,7 +47,7 @@ class ShortcutParams:
     min_effect: float = 0.25
     min_removal: float = 0.5
     min_transfer: float = 0.1
-    pool: int = 128               # other images read for swaps and pastes
+    pool: int = SHORTCUT_POOL     # other images read for swaps and pastes
     resamples: int = 4000         # bootstrap
     seed: int = 0
 
@@ -59,9 +61,7 @@ class ShortcutParams:
 def forward_passes(params: ShortcutParams, n_images: int) -> int:
     """Upper bound of the tests' forward passes for an audit of n images (exact when every
     candidate has `images` images of its class and the pool `images` of other classes)."""
-    k = min(params.images, n_images)
-    kp = min(2 * params.images, params.pool, n_images)
-    return params.candidates * (k + kp) * (2 + params.controls)
+    return shortcut_passes(params.candidates, params.images, params.controls, n_images, params.pool)
 
 
 def bootstrap_interval(values: np.ndarray, confidence: float, resamples: int, rng) -> tuple[float, float]:
