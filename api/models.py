@@ -51,7 +51,9 @@ def completed_spec(spec: ModelSpec, data: bytes) -> dict:
      resp={"HTTP_202": ModelInfo}, errors=(400, 403, 409, 413, 422), tags=["models"])
 def register_model():
     """Register a model: multipart with a `weights` file and a `spec` JSON field (ModelSpec).
-    Answers 202 `registering` at once; a worker loads it confined and lists its layers, and
+    Answers 202 `registering` at once (or already `ready`/`invalid` when a warm worker was
+    quicker than the answer, or this very version was checked before); a worker loads it
+    confined and lists its layers, and
     `GET /v1/models/{name}` then reads `ready` or `invalid` with the reason. `?replace=1` makes
     a new version (running jobs keep theirs); `?shared=1` (admin key) registers a model every
     tenant may use."""

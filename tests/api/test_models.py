@@ -14,7 +14,9 @@ def register(http, spec, weights: bytes, replace=True):
                      data={"spec": json.dumps(spec), "weights": (io.BytesIO(weights), "w.bin")})
     if resp.status_code != 202:
         return resp
-    assert resp.get_json()["status"] == "registering"
+    if resp.get_json()["status"] != "registering":     # a warm worker checked it before the answer was read
+        assert resp.get_json()["status"] in ("ready", "invalid")
+        return resp
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         info = http.get(f"/v1/models/{spec['name']}")
