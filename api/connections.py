@@ -23,7 +23,11 @@ log = logging.getLogger("xaiq")
 
 class Probe:
     """One part's health, asked by a background thread of this process every `every` s;
-    `down()` is empty while the last answer came, else says why (no call to the part)."""
+    `down()` says why the part is down (no call to it) once `misses` probes in a row got no
+    answer, and is empty again at the first answer. One late answer on a loaded machine is
+    not an outage: it would turn every request that needs the part into a 503."""
+
+    misses = 2
 
     def __init__(self, name: str, connect, every: float, on_down=None):
         """`connect()` makes this process's own client (never the requests' pool) and returns its ping."""
@@ -44,14 +48,18 @@ class Probe:
                 threading.Thread(target=self._loop, name=f"xaiq-probe-{self.name}", daemon=True).start()
 
     def _loop(self) -> None:
-        ping = None
+        ping, missed = None, 0
         while True:
             try:
                 ping = ping or self.connect()
                 ping()
-                error = None
+                error, missed = None, 0
             except Exception as e:  # noqa: BLE001 - any failure means down
+                missed += 1
                 error = f"{self.name} is down (its probe got {type(e).__name__})"
+            if error and missed < self.misses:
+                time.sleep(self.every)
+                continue
             before, self.error = self.error, error
             self.checked.set()
             if error and not before:

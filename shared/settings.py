@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     api_wait_s: float = Field(1.0, gt=0, le=30)
     """Longest the API waits for one Redis or storage answer (connect, then read; storage gets twice this
     in all, retries included). Each API process asks both every quarter of it in a background probe that
-    gives up after half of it: while a probe says down, calls to that part fail at once (503 with
-    Retry-After), requests already waiting on it are released, and /readyz answers from the probe."""
+    gives up after half of it: once two probes in a row got no answer, calls to that part fail at once
+    (503 with Retry-After), requests already waiting on it are released, and /readyz answers from the probe."""
     metrics_public: bool = False
     """Whether /metrics answers without a key (for a scraper inside a private network). By default it
     needs the admin key (`Authorization: Bearer`), since even service-wide totals (jobs, images, queue
