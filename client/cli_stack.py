@@ -18,7 +18,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP: stop as Ctrl-C does."""
+    """Ctrl-C, SIGTERM or SIGHUP: stop."""
 
 
 def register_digits(client: Client) -> dict:
@@ -69,7 +69,9 @@ def supervised(stack):
     """Run the body; whatever ends it (Ctrl-C, SIGTERM, SIGHUP, an error), stop the stack,
     with further signals ignored until everything is stopped."""
     before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    # SIGINT too: a shell without job control starts background commands with SIGINT ignored,
+    # and Python then installs no handler of its own; `up` stops on it all the same.
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _raise_stopped)
     try:
         yield

@@ -53,6 +53,15 @@ class Up:
         self.reader.join(10)
         return code
 
+    def stop(self) -> None:
+        """What a failed test left running: the whole stack (its later tests' machine is shared)."""
+        from client.stack import down
+
+        if self.proc.poll() is None:
+            down(self.folder, 2)
+            self.proc.kill()
+            self.proc.wait(10)
+
     def client(self):
         from client.sdk import Client
 
@@ -81,7 +90,7 @@ def test_a_second_start_reuses_ports_and_data(tmp_path):
     try:
         redis.Redis.from_url(first.redis_url).set("xaiq:test:kept", "yes")
         settings = Settings(s3_endpoint=first.s3_url, s3_access_key=first.access_key, s3_secret_key=first.secret_key)
-        Storage(settings).put("kept.txt", b"still here")
+        Storage(settings, patient=True).put("kept.txt", b"still here")
     finally:
         first.stop()
     second = Stack(tmp_path, workers=0)          # the folder's ports win over the defaults
@@ -89,7 +98,7 @@ def test_a_second_start_reuses_ports_and_data(tmp_path):
     second.start(api=False)
     try:
         assert redis.Redis.from_url(second.redis_url).get("xaiq:test:kept") == b"yes"
-        assert Storage(settings).get("kept.txt") == b"still here"
+        assert Storage(settings, patient=True).get("kept.txt") == b"still here"
     finally:
         second.stop()
     third = Stack(tmp_path, workers=0, s3_port=any_free_port())
@@ -162,11 +171,20 @@ def test_up_on_a_taken_port_says_which_flag_in_one_line(tmp_path, capsys):
     assert f"port {port} is taken" in line and "--redis-port PORT" in line
 
 
+@pytest.fixture()
+def start_up():
+    """Starts `xaiq up` (`Up`); whatever a failing test left running is stopped after it."""
+    started = []
+    yield lambda *a: started.append(Up(*a)) or started[-1]
+    for u in started:
+        u.stop()
+
+
 @pytest.mark.stack    # starts `xaiq up` (API and worker)
-def test_kill_stops_everything_up_started_even_a_hung_worker(tmp_path, digit_pngs):
+def test_kill_stops_everything_up_started_even_a_hung_worker(start_up, tmp_path, digit_pngs):
     from client import procs
 
-    up = Up(tmp_path, "--grace", "2")
+    up = start_up(tmp_path, "--grace", "2")
     client = up.client()
     job = client.submit(digit_pngs[0][:4], model="digits-cnn", methods={"lime": {"num_samples": 4000}}, unit_size=1)
     wait_until(lambda: client.status(job)["status"] == "running", 120, "the job to run")
@@ -189,21 +207,21 @@ def test_kill_stops_everything_up_started_even_a_hung_worker(tmp_path, digit_png
 
 
 @pytest.mark.stack    # starts `xaiq up` (API and worker)
-def test_ctrl_c_stops_everything_as_kill_does(tmp_path):
+def test_ctrl_c_stops_everything_as_kill_does(start_up, tmp_path):
     from client import procs
 
-    up = Up(tmp_path, "--no-demo-model")
+    up = start_up(tmp_path, "--no-demo-model")
     up.proc.send_signal(signal.SIGINT)
     assert up.finish(60) == 0 and "stopped" in "".join(up.lines)
     assert not any(procs.members(up.groups).values())
 
 
 @pytest.mark.stack    # starts `xaiq up` (API and worker)
-def test_down_stops_a_stack_started_in_another_terminal(tmp_path, capsys):
+def test_down_stops_a_stack_started_in_another_terminal(start_up, tmp_path, capsys):
     from client import procs
     from client.cli import main
 
-    up = Up(tmp_path, "--no-demo-model")
+    up = start_up(tmp_path, "--no-demo-model")
     assert main(["down", "--dir", str(tmp_path)]) == 0
     assert "stopped the stack in" in capsys.readouterr().out
     assert up.finish(30) == 0 and "stopped" in "".join(up.lines)
