@@ -115,7 +115,7 @@ def test_api_key_is_required(app):
 def test_bad_requests_store_nothing(http, settings, digits_model, digit_pngs):
     from shared.storage import Keys, Storage
 
-    st, root = Storage(settings), Keys("alice").root
+    st, root = Storage(settings, patient=True), Keys("alice").root
     before = set(st.list(root))
     post_job(http, {"model": "digits-cnn", "methods": {"nope": {}}}, digit_pngs[0][:3])
     post_job(http, {"model": "digits-cnn", "labels": [0]}, digit_pngs[0][:3])

@@ -148,7 +148,7 @@ def _digits_weights() -> bytes:
 def _nothing_stored(settings, keys, name: str) -> bool:
     from shared.storage import Storage
 
-    return Storage(settings).list(keys.model_files(name)) == []
+    return Storage(settings, patient=True).list(keys.model_files(name)) == []
 
 
 def _inspections_waiting(settings, name: str) -> bool:
