@@ -293,7 +293,7 @@ def lime(model: nn.Module, image: torch.Tensor, num_samples: int = 1000, n_segme
     """Explain ONE image (C,H,W) as the model takes it. labels: explain these classes;
     None: the `top_labels` most probable. segmentation_fn: (H,W,C) numpy -> (H,W) ints
     (default: `slic_segments`). batch_size None: the service's measured size, else a default.
-    outputs: "logits" (the course exercise) or "probabilities" (softmax) are what the surrogate fits.
+    outputs: "logits" (the default: raw scores) or "probabilities" (softmax) are what the surrogate fits.
     precision: of the scoring passes, 'fp32', 'bf16' or 'fp16' as asked, or 'auto': the device's
     fast reduced dtype unless it disagrees with fp32 on 16 of the perturbed copies
     (`precision.choose_scored`), else fp32. The guard's verdict is in `.guard` either way."""
