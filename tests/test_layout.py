@@ -48,7 +48,7 @@ def test_no_function_is_longer_than_fifty_lines():
 
 
 def test_blueprints_do_not_import_each_other():
-    blueprints = {p.stem for p in modules("api") if re.search(r"^bp = Blueprint\(", p.read_text(), re.M)}
+    blueprints = {p.stem for p in modules("api") if re.search(r"^bp = Blueprint\(", p.read_text(), re.MULTILINE)}
     assert {"jobs", "models", "audits", "ui", "health"} <= blueprints
     for path in modules("api"):
         if path.stem == "__init__":
@@ -73,3 +73,15 @@ def test_object_keys_are_spelled_only_in_shared_storage():
             if pattern.search(line) and not line.lstrip().startswith(("#", "@bp.")):   # a route is no key
                 found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not found, found
+
+
+def test_redis_keys_are_spelled_only_in_shared_redis_keys():
+    """A key is a `RedisKeys` method: no module builds one from the prefix or spells 'xaiq:'."""
+    pattern = re.compile(r"""prefix\}:|["']xaiq:|:(?:job|usage|tenant|pending|leases|active|cancelling|stats)(?::|["'])""")
+    found = []
+    for path in [p for p in modules(*PACKAGES) if p.name != "redis_keys.py"]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line) and not line.lstrip().startswith("#"):
+                found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not found, found
+    assert pattern.search((ROOT / "shared" / "redis_keys.py").read_text()), "the pattern finds the keys where they are"
