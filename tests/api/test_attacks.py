@@ -404,7 +404,9 @@ def test_a_hung_redis_or_storage_answers_503_at_once(hangable, part):
     stack, headers, job = hangable
     job_url, uploads_url = f"{stack.api_url}/v1/jobs/{job}", f"{stack.api_url}/v1/uploads"
     polled = job_url if part == "redis" else uploads_url     # uploads are listed from storage
-    assert timed(job_url, headers)[0] == 200 and timed(uploads_url, headers)[0] == 200
+    # Each API process's probe has seen the previous test's hang end (one may lag the other).
+    wait_until(lambda: all(timed(u, headers)[0] == 200 for _ in range(4) for u in (job_url, uploads_url)), 20,
+               "every API process to serve before the hang")
     m = hang(stack, part, polled, headers, job_url)
     report(part, m)
     assert m["hung_s"] >= 6
