@@ -48,27 +48,28 @@ class Probe:
                 threading.Thread(target=self._loop, name=f"xaiq-probe-{self.name}", daemon=True).start()
 
     def _loop(self) -> None:
-        ping, missed = None, 0
+        ping, missed, error = None, 0, None
         while True:
             try:
                 ping = ping or self.connect()
                 ping()
-                error, missed = None, 0
+                missed = 0
             except Exception as e:  # noqa: BLE001 - any failure means down
                 missed += 1
                 error = f"{self.name} is down (its probe got {type(e).__name__})"
-            if error and missed < self.misses:
-                time.sleep(self.every)
-                continue
-            before, self.error = self.error, error
-            self.checked.set()
-            if error and not before:
-                log.warning("%s: requests that need it answer 503 until it answers again", error)
-                if self.on_down:
-                    self.on_down()
-            elif before and not error:
-                log.warning("%s answers again", self.name)
+            if not 0 < missed < self.misses:            # an answer, or enough misses in a row
+                self._record(error if missed else None)
             time.sleep(self.every)
+
+    def _record(self, error: str | None) -> None:
+        before, self.error = self.error, error
+        self.checked.set()
+        if error and not before:
+            log.warning("%s: requests that need it answer 503 until it answers again", error)
+            if self.on_down:
+                self.on_down()
+        elif before and not error:
+            log.warning("%s answers again", self.name)
 
     def down(self) -> str:
         self.start()

@@ -14,8 +14,9 @@ def register(http, spec, weights: bytes, replace=True):
                      data={"spec": json.dumps(spec), "weights": (io.BytesIO(weights), "w.bin")})
     if resp.status_code != 202:
         return resp
-    if resp.get_json()["status"] != "registering":     # a warm worker checked it before the answer was read
-        assert resp.get_json()["status"] in ("ready", "invalid")
+    status = resp.get_json()["status"]
+    if status != "registering":             # a warm worker checked it before the answer was read
+        assert status in ("ready", "invalid")
         return resp
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -153,8 +154,8 @@ def _nothing_stored(settings, keys, name: str) -> bool:
 
 def _inspections_waiting(settings, name: str) -> bool:
     """Whether an inspection of `name` is still queued or running."""
-    from shared.redis_keys import RedisKeys
     from shared.jobs import redis_client
+    from shared.redis_keys import RedisKeys
 
     r = redis_client(settings, patient=False)
     k = RedisKeys(settings.redis_prefix)

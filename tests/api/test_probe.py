@@ -15,11 +15,14 @@ class Part:
         self.failing, self.pings, self.lock = 0, 0, threading.Lock()
 
     def ping(self):
+        """`failing` > 0: that many pings fail; < 0: every ping fails."""
         with self.lock:
             self.pings += 1
-            if self.failing:
-                self.failing -= 1 if self.failing > 0 else 0
-                raise TimeoutError("late")
+            if self.failing == 0:
+                return
+            if self.failing > 0:
+                self.failing -= 1
+            raise TimeoutError("late")
 
 
 def probe_of(part: Part, downs: list) -> Probe:

@@ -175,9 +175,14 @@ def test_up_on_a_taken_port_says_which_flag_in_one_line(tmp_path, capsys):
 def start_up():
     """Starts `xaiq up` (`Up`); whatever a failing test left running is stopped after it."""
     started = []
-    yield lambda *a: started.append(Up(*a)) or started[-1]
-    for u in started:
-        u.stop()
+
+    def start(*args) -> Up:
+        started.append(Up(*args))
+        return started[-1]
+
+    yield start
+    for up in started:
+        up.stop()
 
 
 @pytest.mark.stack    # starts `xaiq up` (API and worker)
